@@ -1,0 +1,245 @@
+package cluster
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"strconv"
+	"time"
+)
+
+// Call is one command for the upstream.
+type Call struct {
+	// Req is the command as RESP multibulk bytes; it must stay valid until Do returns.
+	Req []byte
+	// Slot routes the call to the primary serving it.
+	Slot uint16
+	// Node, when set, sends the call to that node instead (fan-out); redirects are not followed.
+	Node *Node
+	// Reply is the raw reply, valid until the Exchange is used again. Nil when Err is set.
+	Reply []byte
+	// Err is a transport failure or ErrNoSlot.
+	Err error
+}
+
+// Exchange carries one round of calls for one client goroutine. It is reused across rounds to
+// keep the hot path free of allocations; it must not be used by two goroutines at once.
+type Exchange struct {
+	Calls []Call
+
+	ops       []op
+	remaining atomicInt32
+	wake      chan struct{}
+}
+
+// NewExchange returns an empty Exchange.
+func NewExchange() *Exchange {
+	return &Exchange{wake: make(chan struct{}, 1)}
+}
+
+// Reset empties the call list.
+func (ex *Exchange) Reset() {
+	clear(ex.Calls)
+	ex.Calls = ex.Calls[:0]
+}
+
+// Add appends a call routed by slot and returns its index.
+func (ex *Exchange) Add(req []byte, slot uint16) int {
+	ex.Calls = append(ex.Calls, Call{Req: req, Slot: slot})
+	return len(ex.Calls) - 1
+}
+
+// AddTo appends a call for a given node and returns its index.
+func (ex *Exchange) AddTo(req []byte, n *Node) int {
+	ex.Calls = append(ex.Calls, Call{Req: req, Node: n})
+	return len(ex.Calls) - 1
+}
+
+// Do sends every call, grouped into one submission per node, waits for all replies and follows
+// MOVED, ASK and TRYAGAIN so that none reaches the caller. Calls to one node keep their order.
+func (p *Pool) Do(ex *Exchange) {
+	nops := 0
+	for i := range ex.Calls {
+		c := &ex.Calls[i]
+		n := c.Node
+		if n == nil {
+			if n = p.slots[c.Slot].Load(); n == nil {
+				c.Err = ErrNoSlot
+				continue
+			}
+		}
+		k := 0
+		for k < nops && ex.ops[k].node != n {
+			k++
+		}
+		if k == nops {
+			if nops == len(ex.ops) {
+				ex.ops = append(ex.ops, op{})
+			}
+			ex.ops[k].reset(n, ex)
+			nops++
+		}
+		ex.ops[k].calls = append(ex.ops[k].calls, i)
+	}
+	p.run(ex, ex.ops[:nops])
+	redirected := false
+	for k := range nops {
+		o := &ex.ops[k]
+		for j, ci := range o.calls {
+			c := &ex.Calls[ci]
+			if o.err != nil && j >= len(o.ends) {
+				c.Err = o.err
+				continue
+			}
+			start := 0
+			if j > 0 {
+				start = o.ends[j-1]
+			}
+			c.Reply = o.buf[start:o.ends[j]:o.ends[j]]
+			if c.Node == nil && isRedirect(c.Reply) {
+				redirected = true
+			}
+		}
+	}
+	if redirected {
+		p.followRedirects(ex)
+	}
+}
+
+// run submits the ops and waits until all have completed.
+func (p *Pool) run(ex *Exchange, ops []op) {
+	if len(ops) == 0 {
+		return
+	}
+	ex.remaining.Store(int32(len(ops)))
+	for k := range ops {
+		ops[k].node.submit(&ops[k])
+	}
+	<-ex.wake
+}
+
+func isRedirect(r []byte) bool {
+	return len(r) > 4 && r[0] == '-' && (r[1] == 'M' || r[1] == 'A' || r[1] == 'T') &&
+		(bytes.HasPrefix(r, []byte("-MOVED ")) || bytes.HasPrefix(r, []byte("-ASK ")) ||
+			bytes.HasPrefix(r, []byte("-TRYAGAIN")))
+}
+
+type redirect struct {
+	ask, tryAgain bool
+	slot          uint16
+	addr          string
+}
+
+// parseRedirect understands exactly "-MOVED <slot> <host:port>", "-ASK <slot> <host:port>"
+// and "-TRYAGAIN ..."; anything else (a script's error text, say) is not a redirect.
+func parseRedirect(r []byte, from string) (redirect, bool) {
+	line := string(bytes.TrimSuffix(r, []byte("\r\n")))
+	if len(line) == 0 || line[0] != '-' {
+		return redirect{}, false
+	}
+	line = line[1:]
+	if line == "TRYAGAIN" || len(line) > 9 && line[:9] == "TRYAGAIN " {
+		return redirect{tryAgain: true}, true
+	}
+	f := splitFields(line)
+	if len(f) != 3 || (f[0] != "MOVED" && f[0] != "ASK") {
+		return redirect{}, false
+	}
+	slot, err := strconv.Atoi(f[1])
+	if err != nil || slot < 0 || slot >= SlotCount {
+		return redirect{}, false
+	}
+	host, port, err := net.SplitHostPort(f[2])
+	if err != nil {
+		return redirect{}, false
+	}
+	if pn, err := strconv.Atoi(port); err != nil || pn <= 0 || pn > 65535 {
+		return redirect{}, false
+	}
+	if host == "" {
+		host, _, _ = net.SplitHostPort(from)
+	}
+	return redirect{ask: f[0] == "ASK", slot: uint16(slot), addr: net.JoinHostPort(host, port)}, true
+}
+
+func splitFields(s string) []string {
+	var out []string
+	for len(s) > 0 {
+		i := 0
+		for i < len(s) && s[i] != ' ' {
+			i++
+		}
+		out = append(out, s[:i])
+		if i == len(s) {
+			break
+		}
+		s = s[i+1:]
+	}
+	return out
+}
+
+// followRedirects re-sends, one at a time and in order, every call whose reply was a redirect.
+func (p *Pool) followRedirects(ex *Exchange) {
+	var retry Exchange
+	retry.wake = make(chan struct{}, 1)
+	retry.ops = make([]op, 1)
+	for i := range ex.Calls {
+		c := &ex.Calls[i]
+		if c.Err != nil || c.Node != nil || !isRedirect(c.Reply) {
+			continue
+		}
+		from := ""
+		if n := p.slots[c.Slot].Load(); n != nil {
+			from = n.Addr
+		}
+		backoff := 5 * time.Millisecond
+		for attempt := 0; attempt < p.opts.MaxRedirects+3; attempt++ {
+			rd, ok := parseRedirect(c.Reply, from)
+			if !ok {
+				break
+			}
+			var target *Node
+			switch {
+			case rd.tryAgain:
+				time.Sleep(backoff)
+				backoff = min(2*backoff, 200*time.Millisecond)
+				target = p.slots[c.Slot].Load()
+			case rd.ask:
+				target = p.node(rd.addr)
+			default:
+				target = p.node(rd.addr)
+				p.slots[rd.slot].Store(target)
+				p.requestRefresh()
+			}
+			if target == nil {
+				break
+			}
+			retry.Calls = append(retry.Calls[:0], Call{Req: c.Req, Node: target})
+			o := &retry.ops[0]
+			o.reset(target, &retry)
+			if rd.ask {
+				o.calls = append(o.calls, -1)
+			}
+			o.calls = append(o.calls, 0)
+			p.run(&retry, retry.ops)
+			if o.err != nil && len(o.ends) < len(o.calls) {
+				c.Reply, c.Err = nil, o.err
+				break
+			}
+			last := len(o.ends) - 1
+			start := 0
+			if last > 0 {
+				start = o.ends[last-1]
+			}
+			// The reply lives in retry's buffer, which the next attempt reuses: copy it out.
+			c.Reply = append([]byte(nil), o.buf[start:o.ends[last]]...)
+			from = target.Addr
+			if !isRedirect(c.Reply) {
+				break
+			}
+		}
+	}
+}
+
+// ErrIsUpstream reports whether err is a transport failure.
+func ErrIsUpstream(err error) bool { return errors.Is(err, ErrUpstream) }

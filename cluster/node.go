@@ -1,0 +1,290 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	readBufSize     = 64 << 10
+	writeRounds     = 8  // flushes a submitting client does for others before handing off
+	shrinkBufsAbove = 1 << 20
+)
+
+// ErrUpstream wraps every transport failure; the text after it is for the client.
+var ErrUpstream = errors.New("upstream")
+
+// Node is one upstream server reached over a single pipelined connection shared by every
+// client. Requests from all clients are coalesced into as few writes as possible, replies are
+// matched to requests in FIFO order by one reader goroutine. Node is safe for concurrent use.
+type Node struct {
+	Addr string
+	pool *Pool
+
+	mu      sync.Mutex
+	conn    net.Conn
+	wbuf    []byte
+	spare   []byte
+	writing bool
+	queue   []*op
+	head    int
+
+	// lastProgress is the coarse time (pool clock) of the last read, or of the moment the queue
+	// stopped being empty; the watchdog closes a connection that makes no progress.
+	lastProgress atomic.Int64
+	outstanding  atomic.Int64
+}
+
+// op is the part of one Exchange that goes to one node: replies arrive in order into buf.
+type op struct {
+	node  *Node
+	ex    *Exchange
+	calls []int // indexes into ex.Calls; -1 marks an ASKING prefix whose reply is dropped
+	buf   []byte
+	ends  []int
+	err   error
+}
+
+func (o *op) reset(n *Node, ex *Exchange) {
+	o.node, o.ex, o.err = n, ex, nil
+	o.calls = o.calls[:0]
+	if cap(o.buf) > shrinkBufsAbove {
+		o.buf = nil
+	}
+	o.buf = o.buf[:0]
+	o.ends = o.ends[:0]
+}
+
+func (o *op) complete(err error) {
+	if err != nil && o.err == nil {
+		o.err = err
+	}
+	if o.ex.remaining.Add(-1) == 0 {
+		o.ex.wake <- struct{}{}
+	}
+}
+
+var askingReq = []byte("*1\r\n$6\r\nASKING\r\n")
+
+// submit queues o's requests on the node's connection, dialling it when needed, and writes
+// pending bytes unless another goroutine is already writing them.
+func (n *Node) submit(o *op) {
+	n.mu.Lock()
+	if n.conn == nil {
+		if err := n.dialLocked(); err != nil {
+			n.mu.Unlock()
+			o.complete(err)
+			return
+		}
+	}
+	for _, i := range o.calls {
+		if i < 0 {
+			n.wbuf = append(n.wbuf, askingReq...)
+		} else {
+			n.wbuf = append(n.wbuf, o.ex.Calls[i].Req...)
+		}
+	}
+	if len(n.queue) == n.head {
+		n.lastProgress.Store(n.pool.now())
+	}
+	n.queue = append(n.queue, o)
+	n.outstanding.Add(1)
+	if n.writing {
+		n.mu.Unlock()
+		return
+	}
+	n.writing = true
+	n.flushLocked(writeRounds)
+}
+
+// flushLocked writes the pending bytes, at most rounds times, then hands the rest to a new
+// goroutine so that no client is held writing for others. It is entered with mu held and
+// writing set, and returns with mu released.
+func (n *Node) flushLocked(rounds int) {
+	conn := n.conn
+	for len(n.wbuf) > 0 && conn != nil {
+		if rounds == 0 {
+			n.mu.Unlock()
+			go func() {
+				n.mu.Lock()
+				n.flushLocked(-1)
+			}()
+			return
+		}
+		rounds--
+		b := n.wbuf
+		n.wbuf = n.spare[:0]
+		n.mu.Unlock()
+		_, err := conn.Write(b)
+		n.mu.Lock()
+		if cap(b) <= shrinkBufsAbove {
+			n.spare = b[:0]
+		}
+		if err != nil {
+			n.writing = false
+			failed := n.detachLocked(conn)
+			n.mu.Unlock()
+			failAll(failed, n.lostErr(err))
+			return
+		}
+		conn = n.conn
+	}
+	n.writing = false
+	n.mu.Unlock()
+}
+
+func (n *Node) lostErr(err error) error {
+	return fmt.Errorf("%w: connection to %s lost (%v); the command may have been executed", ErrUpstream, n.Addr, err)
+}
+
+// detachLocked closes conn if it is still the node's connection and returns the requests that
+// were waiting on it.
+func (n *Node) detachLocked(conn net.Conn) []*op {
+	if n.conn != conn || conn == nil {
+		return nil
+	}
+	_ = conn.Close()
+	n.conn = nil
+	n.wbuf = n.wbuf[:0]
+	failed := append([]*op(nil), n.queue[n.head:]...)
+	clear(n.queue)
+	n.queue, n.head = n.queue[:0], 0
+	n.outstanding.Add(-int64(len(failed)))
+	n.pool.requestRefresh()
+	return failed
+}
+
+func failAll(ops []*op, err error) {
+	for _, o := range ops {
+		o.complete(err)
+	}
+}
+
+// dialLocked connects and runs the handshake, then starts the reader.
+func (n *Node) dialLocked() error {
+	conn, err := n.pool.dial(n.Addr)
+	if err != nil {
+		n.pool.requestRefresh()
+		return fmt.Errorf("%w: cannot connect to %s: %v", ErrUpstream, n.Addr, err)
+	}
+	n.conn = conn
+	n.pool.readers.Add(1)
+	go n.readLoop(conn)
+	return nil
+}
+
+// pop takes the oldest queued request.
+func (n *Node) pop(conn net.Conn) *op {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.conn != conn || n.head == len(n.queue) {
+		return nil
+	}
+	o := n.queue[n.head]
+	n.queue[n.head] = nil
+	n.head++
+	if n.head == len(n.queue) {
+		n.queue, n.head = n.queue[:0], 0
+	} else {
+		n.lastProgress.Store(n.pool.now())
+	}
+	return o
+}
+
+// readLoop matches replies to requests until the connection fails.
+func (n *Node) readLoop(conn net.Conn) {
+	defer n.pool.readers.Done()
+	buf := make([]byte, readBufSize)
+	var sc replyScanner
+	var cur *op
+	r, w := 0, 0
+	var err error
+	for err == nil {
+		for r < w {
+			var l int
+			l, err = sc.scan(buf[r:w])
+			if err != nil || l == 0 {
+				break
+			}
+			if cur == nil {
+				if cur = n.pop(conn); cur == nil {
+					err = errors.New("reply without a request")
+					break
+				}
+			}
+			cur.buf = append(cur.buf, buf[r:r+l]...)
+			cur.ends = append(cur.ends, len(cur.buf))
+			r += l
+			if len(cur.ends) == len(cur.calls) {
+				n.outstanding.Add(-1)
+				cur.complete(nil)
+				cur = nil
+			}
+		}
+		if err != nil {
+			break
+		}
+		if r == w {
+			r, w = 0, 0
+			if len(buf) > readBufSize {
+				buf = make([]byte, readBufSize)
+			}
+		} else if r > 0 {
+			w = copy(buf, buf[r:w])
+			r = 0
+		}
+		if w == len(buf) {
+			nb := make([]byte, 2*len(buf))
+			copy(nb, buf[:w])
+			buf = nb
+		}
+		var k int
+		k, err = conn.Read(buf[w:])
+		w += k
+		if k > 0 {
+			n.lastProgress.Store(n.pool.now())
+			err = nil
+		}
+	}
+	n.mu.Lock()
+	failed := n.detachLocked(conn)
+	n.mu.Unlock()
+	lost := n.lostErr(err)
+	if cur != nil {
+		n.outstanding.Add(-1)
+		cur.complete(lost)
+	}
+	failAll(failed, lost)
+}
+
+// checkStalled closes the connection when requests have waited longer than timeout with no
+// reply bytes arriving.
+func (n *Node) checkStalled(now, timeout int64) {
+	if n.outstanding.Load() == 0 {
+		return
+	}
+	if now-n.lastProgress.Load() < timeout {
+		return
+	}
+	n.mu.Lock()
+	conn := n.conn
+	n.mu.Unlock()
+	if conn != nil {
+		// Closing makes the reader fail every request on this connection.
+		_ = conn.SetDeadline(time.Unix(0, 1))
+	}
+}
+
+// close drops the connection; requests waiting on it fail.
+func (n *Node) close() {
+	n.mu.Lock()
+	failed := n.detachLocked(n.conn)
+	n.mu.Unlock()
+	failAll(failed, fmt.Errorf("%w: proxy is shutting down", ErrUpstream))
+}
+
+type atomicInt32 = atomic.Int32

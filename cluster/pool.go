@@ -1,0 +1,393 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/rueidis"
+	"go.uber.org/zap"
+)
+
+// Options configure the upstream side.
+type Options struct {
+	// Seeds are host:port addresses of any cluster nodes (or one standalone server).
+	Seeds []string
+	// Username and Password authenticate to every node when set.
+	Username string
+	Password string
+	// TLS, when set, is used for every upstream connection.
+	TLS *tls.Config
+	// DialTimeout bounds connecting to a node.
+	DialTimeout time.Duration
+	// Timeout closes a node connection on which requests waited this long with no reply byte.
+	Timeout time.Duration
+	// RefreshInterval is how often the slot map is re-read even without a MOVED.
+	RefreshInterval time.Duration
+	// MaxRedirects bounds MOVED/ASK/TRYAGAIN handling per command.
+	MaxRedirects int
+	// Logger receives topology changes and connection failures.
+	Logger *zap.Logger
+}
+
+// Pool is the proxy's view of the upstream: a slot map refreshed from CLUSTER SLOTS through a
+// rueidis client, and one pipelined Node per server for client traffic. Safe for concurrent use.
+type Pool struct {
+	opts Options
+	log  *zap.Logger
+	rc   rueidis.Client
+
+	standalone bool
+	slots      [SlotCount]atomic.Pointer[Node]
+	primaries  atomic.Pointer[[]*Node]
+
+	mu    sync.Mutex
+	nodes map[string]*Node
+
+	clock     atomic.Int64
+	refreshCh chan struct{}
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	readers   sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// ErrNoSlot is returned for a slot no primary serves.
+var ErrNoSlot = errors.New("CLUSTERDOWN Hash slot not served")
+
+// New connects to the seeds, learns the topology and starts the refresh and watchdog loops.
+func New(ctx context.Context, opts Options) (*Pool, error) {
+	if len(opts.Seeds) == 0 {
+		return nil, errors.New("no upstream seed addresses")
+	}
+	if opts.DialTimeout <= 0 {
+		opts.DialTimeout = 5 * time.Second
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 10 * time.Second
+	}
+	if opts.MaxRedirects <= 0 {
+		opts.MaxRedirects = 5
+	}
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	rc, err := rueidis.NewClient(rueidis.ClientOption{
+		InitAddress:  opts.Seeds,
+		Username:     opts.Username,
+		Password:     opts.Password,
+		TLSConfig:    opts.TLS,
+		AlwaysRESP2:  true,
+		DisableCache: true,
+		ShuffleInit:  true,
+		ClientName:   "valkey-lock-proxy",
+		Dialer:       net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second},
+		ClusterOption: rueidis.ClusterOption{
+			ShardsRefreshInterval: opts.RefreshInterval,
+			MaxMovedRedirections:  opts.MaxRedirects,
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect to upstream %v: %w", opts.Seeds, err)
+	}
+	p := &Pool{
+		opts:       opts,
+		log:        opts.Logger,
+		rc:         rc,
+		standalone: rc.Mode() != rueidis.ClientModeCluster,
+		nodes:      map[string]*Node{},
+		refreshCh:  make(chan struct{}, 1),
+		stop:       make(chan struct{}),
+	}
+	p.clock.Store(time.Now().UnixNano())
+	if err := p.refresh(ctx); err != nil {
+		rc.Close()
+		return nil, err
+	}
+	p.wg.Add(2)
+	go p.refreshLoop()
+	go p.watchdog()
+	return p, nil
+}
+
+// Client is the rueidis client used for control-plane commands (topology, COMMAND, INFO).
+func (p *Pool) Client() rueidis.Client { return p.rc }
+
+// Standalone reports whether the upstream is a single non-cluster server.
+func (p *Pool) Standalone() bool { return p.standalone }
+
+// Primaries returns the current primary nodes.
+func (p *Pool) Primaries() []*Node {
+	if ps := p.primaries.Load(); ps != nil {
+		return *ps
+	}
+	return nil
+}
+
+// NodeForSlot returns the primary serving slot, or nil.
+func (p *Pool) NodeForSlot(slot uint16) *Node { return p.slots[slot].Load() }
+
+func (p *Pool) now() int64 { return p.clock.Load() }
+
+// node returns the Node for addr, creating it.
+func (p *Pool) node(addr string) *Node {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := p.nodes[addr]
+	if n == nil {
+		n = &Node{Addr: addr, pool: p}
+		p.nodes[addr] = n
+	}
+	return n
+}
+
+func (p *Pool) dial(addr string) (net.Conn, error) {
+	d := net.Dialer{Timeout: p.opts.DialTimeout, KeepAlive: 30 * time.Second}
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if p.opts.TLS != nil {
+		cfg := p.opts.TLS.Clone()
+		if cfg.ServerName == "" {
+			host, _, _ := net.SplitHostPort(addr)
+			cfg.ServerName = host
+		}
+		tc := tls.Client(conn, cfg)
+		_ = tc.SetDeadline(time.Now().Add(p.opts.DialTimeout))
+		if err := tc.Handshake(); err != nil {
+			_ = conn.Close()
+			return nil, err
+		}
+		_ = tc.SetDeadline(time.Time{})
+		conn = tc
+	}
+	if p.opts.Password != "" {
+		if err := p.auth(conn); err != nil {
+			_ = conn.Close()
+			return nil, err
+		}
+	}
+	return conn, nil
+}
+
+// auth sends AUTH on a fresh connection and checks the reply.
+func (p *Pool) auth(conn net.Conn) error {
+	args := []string{"AUTH"}
+	if p.opts.Username != "" {
+		args = append(args, p.opts.Username)
+	}
+	args = append(args, p.opts.Password)
+	_ = conn.SetDeadline(time.Now().Add(p.opts.DialTimeout))
+	defer func() { _ = conn.SetDeadline(time.Time{}) }()
+	if _, err := conn.Write(AppendCommand(nil, args...)); err != nil {
+		return err
+	}
+	buf := make([]byte, 512)
+	var sc replyScanner
+	w := 0
+	for {
+		k, err := conn.Read(buf[w:])
+		w += k
+		if l, serr := sc.scan(buf[:w]); serr != nil {
+			return serr
+		} else if l > 0 {
+			if buf[0] == '-' {
+				return fmt.Errorf("upstream AUTH failed: %s", strings.TrimSpace(string(buf[1:l])))
+			}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if w == len(buf) {
+			return errors.New("upstream AUTH reply too long")
+		}
+	}
+}
+
+// AppendCommand appends args encoded as a RESP multibulk request.
+func AppendCommand(b []byte, args ...string) []byte {
+	b = append(b, '*')
+	b = strconv.AppendInt(b, int64(len(args)), 10)
+	b = append(b, '\r', '\n')
+	for _, a := range args {
+		b = append(b, '$')
+		b = strconv.AppendInt(b, int64(len(a)), 10)
+		b = append(b, '\r', '\n')
+		b = append(b, a...)
+		b = append(b, '\r', '\n')
+	}
+	return b
+}
+
+// requestRefresh asks the refresh loop to re-read the topology soon; it never blocks.
+func (p *Pool) requestRefresh() {
+	select {
+	case p.refreshCh <- struct{}{}:
+	default:
+	}
+}
+
+func (p *Pool) refreshLoop() {
+	defer p.wg.Done()
+	var tick <-chan time.Time
+	if p.opts.RefreshInterval > 0 {
+		t := time.NewTicker(p.opts.RefreshInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-tick:
+		case <-p.refreshCh:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), p.opts.Timeout)
+		if err := p.refresh(ctx); err != nil {
+			p.log.Warn("topology refresh failed", zap.Error(err))
+		}
+		cancel()
+		// Coalesce bursts of requests (every MOVED of a reshard asks for one).
+		select {
+		case <-p.stop:
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// watchdog advances the coarse clock and fails connections that stopped answering.
+func (p *Pool) watchdog() {
+	defer p.wg.Done()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case now := <-t.C:
+			p.clock.Store(now.UnixNano())
+			p.mu.Lock()
+			nodes := make([]*Node, 0, len(p.nodes))
+			for _, n := range p.nodes {
+				nodes = append(nodes, n)
+			}
+			p.mu.Unlock()
+			for _, n := range nodes {
+				n.checkStalled(now.UnixNano(), int64(p.opts.Timeout))
+			}
+		}
+	}
+}
+
+// refresh re-reads the slot map.
+func (p *Pool) refresh(ctx context.Context) error {
+	if p.standalone {
+		n := p.node(p.opts.Seeds[0])
+		for i := range p.slots {
+			p.slots[i].Store(n)
+		}
+		p.primaries.Store(&[]*Node{n})
+		return nil
+	}
+	msg, err := p.rc.Do(ctx, p.rc.B().ClusterSlots().Build()).ToArray()
+	if err != nil {
+		return fmt.Errorf("CLUSTER SLOTS: %w", err)
+	}
+	type span struct {
+		lo, hi int64
+		addr   string
+	}
+	var spans []span
+	for _, entry := range msg {
+		e, err := entry.ToArray()
+		if err != nil || len(e) < 3 {
+			continue
+		}
+		lo, err1 := e[0].AsInt64()
+		hi, err2 := e[1].AsInt64()
+		ep, err3 := e[2].ToArray()
+		if err1 != nil || err2 != nil || err3 != nil || len(ep) < 2 || lo < 0 || hi >= SlotCount || lo > hi {
+			continue
+		}
+		host, _ := ep[0].ToString()
+		port, err := ep[1].AsInt64()
+		if err != nil {
+			continue
+		}
+		if host == "" || host == "?" {
+			host, _, _ = net.SplitHostPort(p.opts.Seeds[0])
+		}
+		spans = append(spans, span{lo, hi, net.JoinHostPort(host, strconv.FormatInt(port, 10))})
+	}
+	if len(spans) == 0 {
+		return errors.New("CLUSTER SLOTS returned no slots")
+	}
+	seen := map[string]bool{}
+	var prim []*Node
+	for _, s := range spans {
+		n := p.node(s.addr)
+		if !seen[s.addr] {
+			seen[s.addr] = true
+			prim = append(prim, n)
+		}
+		for i := s.lo; i <= s.hi; i++ {
+			if p.slots[i].Load() != n {
+				p.slots[i].Store(n)
+			}
+		}
+	}
+	if old := p.Primaries(); !samePrimaries(old, prim) {
+		p.log.Info("cluster topology", zap.Int("primaries", len(prim)), zap.Strings("nodes", nodeAddrs(prim)))
+	}
+	p.primaries.Store(&prim)
+	return nil
+}
+
+func samePrimaries(a, b []*Node) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func nodeAddrs(ns []*Node) []string {
+	out := make([]string, len(ns))
+	for i, n := range ns {
+		out[i] = n.Addr
+	}
+	return out
+}
+
+// Close stops the loops and closes every connection; requests still waiting fail.
+func (p *Pool) Close() {
+	p.closeOnce.Do(func() {
+		close(p.stop)
+		p.wg.Wait()
+		p.mu.Lock()
+		nodes := make([]*Node, 0, len(p.nodes))
+		for _, n := range p.nodes {
+			nodes = append(nodes, n)
+		}
+		p.mu.Unlock()
+		for _, n := range nodes {
+			n.close()
+		}
+		p.readers.Wait()
+		p.rc.Close()
+	})
+}

@@ -1,0 +1,193 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Duration is a time.Duration written as "10s", "250ms" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil || v < 0 {
+		return fmt.Errorf("line %d: %q is not a duration like 10s or 250ms", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Config is the whole configuration; config.example.yaml documents every field.
+type Config struct {
+	// Listen is the client address, host:port. Non-loopback addresses are refused until client
+	// authentication is configured.
+	Listen string `yaml:"listen"`
+	Log    struct {
+		// Format is json or console.
+		Format string `yaml:"format"`
+		// Level is debug, info, warn or error.
+		Level string `yaml:"level"`
+	} `yaml:"log"`
+	Upstream struct {
+		// Seeds are cluster nodes (or one standalone server) to learn the topology from.
+		Seeds []string `yaml:"seeds"`
+		// Username and Password authenticate to every node; PasswordFile reads the password.
+		Username     string `yaml:"username"`
+		Password     string `yaml:"password"`
+		PasswordFile string `yaml:"password-file"`
+		// DialTimeout bounds one connection attempt.
+		DialTimeout Duration `yaml:"dial-timeout"`
+		// ConnectTimeout is how long start-up keeps trying to reach the seeds.
+		ConnectTimeout Duration `yaml:"connect-timeout"`
+		// Timeout fails requests that got no reply byte for this long.
+		Timeout Duration `yaml:"timeout"`
+		// RefreshInterval re-reads the slot map periodically.
+		RefreshInterval Duration `yaml:"refresh-interval"`
+		// MaxRedirects bounds MOVED/ASK/TRYAGAIN handling per command.
+		MaxRedirects int `yaml:"max-redirects"`
+	} `yaml:"upstream"`
+	Limits struct {
+		MaxClients     int  `yaml:"max-clients"`
+		MaxArgs        int  `yaml:"max-args"`
+		MaxBulk        int  `yaml:"max-bulk"`
+		MaxInline      int  `yaml:"max-inline"`
+		MaxQueryBuffer int  `yaml:"max-query-buffer"`
+		InlineCommands bool `yaml:"inline-commands"`
+		MaxBatch       int  `yaml:"max-batch"`
+	} `yaml:"limits"`
+	Policy struct {
+		Allow []string `yaml:"allow"`
+		Deny  []string `yaml:"deny"`
+	} `yaml:"policy"`
+	Shutdown struct {
+		DrainTimeout Duration `yaml:"drain-timeout"`
+	} `yaml:"shutdown"`
+}
+
+func defaultConfig() Config {
+	var c Config
+	c.Listen = "127.0.0.1:6380"
+	c.Log.Format = "json"
+	c.Log.Level = "info"
+	c.Upstream.Seeds = []string{"127.0.0.1:6379"}
+	c.Upstream.DialTimeout = Duration(5 * time.Second)
+	c.Upstream.ConnectTimeout = Duration(30 * time.Second)
+	c.Upstream.Timeout = Duration(10 * time.Second)
+	c.Upstream.RefreshInterval = Duration(10 * time.Second)
+	c.Upstream.MaxRedirects = 5
+	c.Limits.MaxClients = 10000
+	c.Limits.MaxArgs = 1 << 20
+	c.Limits.MaxBulk = 512 << 20
+	c.Limits.MaxInline = 64 << 10
+	c.Limits.MaxQueryBuffer = 1 << 30
+	c.Limits.InlineCommands = true
+	c.Limits.MaxBatch = 256
+	c.Shutdown.DrainTimeout = Duration(10 * time.Second)
+	return c
+}
+
+// loadConfig reads path over the defaults; unknown keys are errors.
+func loadConfig(path string) (Config, error) {
+	c := defaultConfig()
+	if path == "" {
+		return c, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return c, err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return c, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// validate checks every value and names the key at fault.
+func (c *Config) validate() error {
+	host, port, err := net.SplitHostPort(c.Listen)
+	if err != nil || port == "" {
+		return fmt.Errorf("listen: %q is not host:port", c.Listen)
+	}
+	if !isLoopback(host) {
+		return fmt.Errorf("listen: %q is not a loopback address; listening elsewhere requires client authentication, which this version does not provide", c.Listen)
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		return fmt.Errorf("log.format: %q is not json or console", c.Log.Format)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log.level: %q is not debug, info, warn or error", c.Log.Level)
+	}
+	if len(c.Upstream.Seeds) == 0 {
+		return errors.New("upstream.seeds: at least one host:port is needed")
+	}
+	for _, s := range c.Upstream.Seeds {
+		if _, p, err := net.SplitHostPort(s); err != nil || p == "" {
+			return fmt.Errorf("upstream.seeds: %q is not host:port", s)
+		}
+	}
+	if c.Upstream.Password != "" && c.Upstream.PasswordFile != "" {
+		return errors.New("upstream.password and upstream.password-file are exclusive")
+	}
+	positive := []struct {
+		key string
+		v   int64
+	}{
+		{"upstream.dial-timeout", int64(c.Upstream.DialTimeout)},
+		{"upstream.connect-timeout", int64(c.Upstream.ConnectTimeout)},
+		{"upstream.timeout", int64(c.Upstream.Timeout)},
+		{"upstream.max-redirects", int64(c.Upstream.MaxRedirects)},
+		{"limits.max-clients", int64(c.Limits.MaxClients)},
+		{"limits.max-args", int64(c.Limits.MaxArgs)},
+		{"limits.max-bulk", int64(c.Limits.MaxBulk)},
+		{"limits.max-inline", int64(c.Limits.MaxInline)},
+		{"limits.max-query-buffer", int64(c.Limits.MaxQueryBuffer)},
+		{"limits.max-batch", int64(c.Limits.MaxBatch)},
+	}
+	for _, p := range positive {
+		if p.v <= 0 {
+			return fmt.Errorf("%s: must be greater than zero", p.key)
+		}
+	}
+	if c.Limits.MaxArgs > 1<<31-1 {
+		return errors.New("limits.max-args: at most 2147483647")
+	}
+	if c.Limits.MaxBulk > 1<<31-1 {
+		return errors.New("limits.max-bulk: at most 2147483647")
+	}
+	if c.Limits.MaxQueryBuffer < c.Limits.MaxInline {
+		return errors.New("limits.max-query-buffer: must be at least limits.max-inline")
+	}
+	for _, n := range append(append([]string{}, c.Policy.Allow...), c.Policy.Deny...) {
+		if n == "" || strings.ContainsAny(n, " \t\r\n") {
+			return fmt.Errorf("policy: %q is not a command name", n)
+		}
+	}
+	return nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

@@ -1,0 +1,297 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tidwall/redcon"
+	"go.uber.org/zap"
+
+	"github.com/valkey-lock-proxy/valkey-lock-proxy/cluster"
+	"github.com/valkey-lock-proxy/valkey-lock-proxy/commands"
+	"github.com/valkey-lock-proxy/valkey-lock-proxy/proxy/resp"
+)
+
+// stepKind says where one command's reply comes from.
+type stepKind uint8
+
+const (
+	stepLocal stepKind = iota // bytes in client.local[a:b]
+	stepCall                  // ex.Calls[a].Reply
+	stepMerge                 // ex.Calls[a:b] merged by merge
+)
+
+type mergeKind uint8
+
+const (
+	mergeSum  mergeKind = iota // integer replies added up (DEL, EXISTS, DBSIZE ...)
+	mergeOK                    // +OK from every part (MSET)
+	mergeMGet                  // arrays scattered back into the client's key order
+	mergeInfo                  // INFO: upstream server section, proxy section, keyspace sum
+)
+
+type step struct {
+	kind  stepKind
+	merge mergeKind
+	a, b  int
+	// For mergeMGet: positions[pa:pb] map each part's elements to the client's order.
+	pa, pb int
+	// For mergeInfo: which sections were asked for.
+	info infoSections
+}
+
+// client is one downstream connection. Everything in it is owned by its goroutine, except the
+// fields read by CLIENT LIST, which are behind mu.
+type client struct {
+	s    *Server
+	conn net.Conn
+	id   int64
+	rd   *resp.Reader
+	ex   *cluster.Exchange
+
+	out       []byte
+	local     []byte
+	scratch   []byte
+	steps     []step
+	keys      []int
+	positions []int
+	elems     [][]byte
+	slotIdx   map[uint16]int
+
+	created  time.Time
+	lastCmd  atomic.Int64
+	quitting bool
+
+	mu      sync.Mutex
+	name    string
+	libName string
+	libVer  string
+	lastCmdName string
+}
+
+func newClient(s *Server, conn net.Conn) *client {
+	c := &client{
+		s:       s,
+		conn:    conn,
+		id:      s.nextID.Add(1),
+		rd:      resp.NewReader(conn, s.opts.Limits),
+		ex:      cluster.NewExchange(),
+		created: time.Now(),
+	}
+	c.lastCmd.Store(c.created.UnixNano())
+	return c
+}
+
+// interrupt wakes a client blocked reading so that it notices shutdown.
+func (c *client) interrupt() { _ = c.conn.SetReadDeadline(time.Now()) }
+
+func (c *client) serve() {
+	defer func() { _ = c.conn.Close() }()
+	for !c.quitting {
+		cmds, err := c.rd.ReadBatch()
+		for len(cmds) > 0 && !c.quitting {
+			n := min(len(cmds), c.s.opts.MaxBatch)
+			if !c.runBatch(cmds[:n]) {
+				return
+			}
+			cmds = cmds[n:]
+		}
+		if err != nil {
+			var pe *resp.ProtocolError
+			if errors.As(err, &pe) && !c.quitting {
+				c.s.protoErrors.Add(1)
+				c.out = redcon.AppendError(c.out[:0], "ERR "+pe.Error())
+				c.flush()
+				c.s.log.Debug("protocol error", zap.Int64("client", c.id), zap.String("error", pe.Msg))
+			} else if !errors.Is(err, io.EOF) && !c.s.isClosing() {
+				c.s.log.Debug("client read", zap.Int64("client", c.id), zap.Error(err))
+			}
+			return
+		}
+		if c.s.isClosing() && c.rd.Buffered() == 0 {
+			return
+		}
+	}
+}
+
+func (c *client) flush() bool {
+	if len(c.out) == 0 {
+		return true
+	}
+	_, err := c.conn.Write(c.out)
+	if cap(c.out) > 1<<20 {
+		c.out = nil
+	} else {
+		c.out = c.out[:0]
+	}
+	return err == nil
+}
+
+// runBatch handles a run of pipelined commands: it plans each, sends all upstream calls in one
+// round, then writes every reply in order. It returns false when the connection must close.
+func (c *client) runBatch(cmds []resp.Command) bool {
+	c.steps = c.steps[:0]
+	c.local = c.local[:0]
+	c.scratch = c.scratch[:0]
+	c.positions = c.positions[:0]
+	c.ex.Reset()
+	c.s.totalCmds.Add(int64(len(cmds)))
+	c.lastCmd.Store(time.Now().UnixNano())
+	closeNow := false
+	for i := range cmds {
+		if !c.plan(&cmds[i]) {
+			closeNow = true
+			break
+		}
+		if c.quitting {
+			break
+		}
+	}
+	if len(c.ex.Calls) > 0 {
+		c.s.pool.Do(c.ex)
+	}
+	c.assemble()
+	if !c.flush() {
+		return false
+	}
+	return !closeNow
+}
+
+// plan decides how one command is answered and appends its step. It returns false when the
+// connection must be closed without a reply (cross-protocol attacks).
+func (c *client) plan(cmd *resp.Command) bool {
+	args := cmd.Args
+	if isCrossProtocol(args[0]) {
+		c.s.log.Warn("possible cross-protocol attack: closing the connection",
+			zap.Int64("client", c.id), zap.String("addr", c.conn.RemoteAddr().String()))
+		return false
+	}
+	spec, errText := c.s.table.Lookup(args)
+	if spec == nil {
+		c.localError(errText)
+		return true
+	}
+	switch spec.Class {
+	case commands.Local:
+		c.runLocal(spec, args)
+	case commands.Routed:
+		c.planRouted(spec, cmd)
+	case commands.Keyless:
+		c.addCall(cmd, 0)
+	case commands.Split:
+		c.planSplit(spec, cmd)
+	case commands.Pinned:
+		if (spec.Name == "xread" || spec.Name == "xreadgroup") && !hasBlockOption(args) {
+			c.planRouted(spec, cmd)
+			return true
+		}
+		c.localError(errPinned(spec.Name))
+	case commands.Denied:
+		c.localError(errDenied(spec.Name))
+	case commands.FanOut:
+		c.localError(errFanOutTodo(spec.Name))
+	}
+	return true
+}
+
+func isCrossProtocol(name []byte) bool {
+	return bytes.EqualFold(name, []byte("post")) || bytes.EqualFold(name, []byte("host:"))
+}
+
+func hasBlockOption(args [][]byte) bool {
+	for _, a := range args[1:] {
+		if bytes.EqualFold(a, []byte("block")) {
+			return true
+		}
+	}
+	return false
+}
+
+// request returns the command's RESP bytes: as received when the client sent multibulk, else
+// re-encoded into scratch.
+func (c *client) request(cmd *resp.Command) []byte {
+	if cmd.Raw != nil {
+		return cmd.Raw
+	}
+	start := len(c.scratch)
+	c.scratch = appendRequest(c.scratch, cmd.Args)
+	return c.scratch[start:len(c.scratch):len(c.scratch)]
+}
+
+func appendRequest(b []byte, args [][]byte) []byte {
+	b = redcon.AppendArray(b, len(args))
+	for _, a := range args {
+		b = redcon.AppendBulk(b, a)
+	}
+	return b
+}
+
+func (c *client) addCall(cmd *resp.Command, slot uint16) {
+	i := c.ex.Add(c.request(cmd), slot)
+	c.steps = append(c.steps, step{kind: stepCall, a: i})
+}
+
+// planRouted sends a keyed command to the primary of its slot, or answers CROSSSLOT.
+func (c *client) planRouted(spec *commands.Spec, cmd *resp.Command) {
+	c.keys = spec.Keys(cmd.Args, c.keys[:0])
+	if len(c.keys) == 0 {
+		c.addCall(cmd, 0)
+		return
+	}
+	slot := cluster.SlotOf(cmd.Args[c.keys[0]])
+	for _, k := range c.keys[1:] {
+		if cluster.SlotOf(cmd.Args[k]) != slot {
+			c.localError(errCrossSlot)
+			return
+		}
+	}
+	c.addCall(cmd, slot)
+}
+
+func (c *client) localError(text string) {
+	start := len(c.local)
+	c.local = redcon.AppendError(c.local, text)
+	c.steps = append(c.steps, step{kind: stepLocal, a: start, b: len(c.local)})
+}
+
+func (c *client) localReply(start int) {
+	c.steps = append(c.steps, step{kind: stepLocal, a: start, b: len(c.local)})
+}
+
+// assemble writes every step's reply, in order, to the output buffer.
+func (c *client) assemble() {
+	for i := range c.steps {
+		st := &c.steps[i]
+		switch st.kind {
+		case stepLocal:
+			c.out = append(c.out, c.local[st.a:st.b]...)
+		case stepCall:
+			c.out = c.appendCallReply(c.out, &c.ex.Calls[st.a])
+		case stepMerge:
+			c.out = c.merge(c.out, st)
+		}
+	}
+}
+
+func (c *client) appendCallReply(out []byte, call *cluster.Call) []byte {
+	switch {
+	case call.Err == nil:
+		return append(out, call.Reply...)
+	case errors.Is(call.Err, cluster.ErrNoSlot):
+		return redcon.AppendError(out, errNoSlot)
+	default:
+		return redcon.AppendError(out, errUpstream(call.Err))
+	}
+}
+
+func appendInt(b []byte, n int64) []byte {
+	b = append(b, ':')
+	b = strconv.AppendInt(b, n, 10)
+	return append(b, '\r', '\n')
+}

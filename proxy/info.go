@@ -1,0 +1,181 @@
+package proxy
+
+import (
+	"bytes"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tidwall/redcon"
+
+	"github.com/valkey-lock-proxy/valkey-lock-proxy/cluster"
+)
+
+type infoSections uint8
+
+const (
+	infoServer infoSections = 1 << iota
+	infoClients
+	infoProxy
+	infoKeyspace
+	infoDefault = infoServer | infoClients | infoProxy | infoKeyspace
+)
+
+var (
+	reqInfoServer   = cluster.AppendCommand(nil, "INFO", "server")
+	reqInfoKeyspace = cluster.AppendCommand(nil, "INFO", "keyspace")
+)
+
+// planInfo answers INFO with the upstream's server fields, the proxy's own sections and the
+// keyspace summed over every primary.
+func (c *client) planInfo(args [][]byte) {
+	var want infoSections
+	if len(args) == 1 {
+		want = infoDefault
+	}
+	for _, a := range args[1:] {
+		switch strings.ToLower(string(a)) {
+		case "default", "all", "everything":
+			want |= infoDefault
+		case "server":
+			want |= infoServer
+		case "clients":
+			want |= infoClients
+		case "proxy":
+			want |= infoProxy
+		case "keyspace":
+			want |= infoKeyspace
+		}
+	}
+	first := len(c.ex.Calls)
+	if want&infoServer != 0 {
+		c.ex.Add(reqInfoServer, 0)
+	}
+	if want&infoKeyspace != 0 {
+		for _, n := range c.s.pool.Primaries() {
+			c.ex.AddTo(reqInfoKeyspace, n)
+		}
+	}
+	c.steps = append(c.steps, step{kind: stepMerge, merge: mergeInfo, a: first, b: len(c.ex.Calls), info: want})
+}
+
+// bulkBody returns the payload of a bulk-string reply.
+func bulkBody(r []byte) []byte {
+	if len(r) < 4 || r[0] != '$' {
+		return nil
+	}
+	i := bytes.Index(r, []byte("\r\n"))
+	if i < 0 || len(r) < i+4 {
+		return nil
+	}
+	return r[i+2 : len(r)-2]
+}
+
+func (c *client) mergeInfo(out []byte, st *step, calls []cluster.Call) []byte {
+	var sections []string
+	i := 0
+	if st.info&infoServer != 0 {
+		sections = append(sections, c.serverSection(bulkBody(calls[0].Reply)))
+		i = 1
+	}
+	if st.info&infoClients != 0 {
+		sections = append(sections, "# Clients\r\nconnected_clients:"+strconv.FormatInt(c.s.nClients.Load(), 10)+
+			"\r\nmaxclients:"+strconv.Itoa(c.s.opts.MaxClients)+"\r\n")
+	}
+	if st.info&infoProxy != 0 {
+		sections = append(sections, c.proxySection())
+	}
+	if st.info&infoKeyspace != 0 {
+		var keys, expires int64
+		for _, call := range calls[i:] {
+			k, e := parseKeyspace(bulkBody(call.Reply))
+			keys += k
+			expires += e
+		}
+		ks := "# Keyspace\r\n"
+		if keys > 0 {
+			ks += "db0:keys=" + strconv.FormatInt(keys, 10) + ",expires=" + strconv.FormatInt(expires, 10) + ",avg_ttl=0\r\n"
+		}
+		sections = append(sections, ks)
+	}
+	return redcon.AppendBulkString(out, strings.Join(sections, "\r\n"))
+}
+
+// serverSection keeps the upstream's server fields but presents a standalone server on the
+// proxy's port.
+func (c *client) serverSection(up []byte) string {
+	var sb strings.Builder
+	if len(up) == 0 {
+		sb.WriteString("# Server\r\n")
+	}
+	for _, line := range strings.SplitAfter(string(up), "\r\n") {
+		switch {
+		case line == "":
+			continue
+		case strings.HasPrefix(line, "redis_mode:"):
+			line = "redis_mode:standalone\r\n"
+		case strings.HasPrefix(line, "server_mode:"):
+			line = "server_mode:standalone\r\n"
+		case strings.HasPrefix(line, "tcp_port:"):
+			if _, port, ok := strings.Cut(c.conn.LocalAddr().String(), "]:"); ok {
+				line = "tcp_port:" + port + "\r\n"
+			} else if i := strings.LastIndexByte(c.conn.LocalAddr().String(), ':'); i >= 0 {
+				line = "tcp_port:" + c.conn.LocalAddr().String()[i+1:] + "\r\n"
+			}
+		}
+		sb.WriteString(line)
+	}
+	return sb.String()
+}
+
+func (c *client) proxySection() string {
+	s := c.s
+	mode := "cluster"
+	if s.pool.Standalone() {
+		mode = "standalone"
+	}
+	var addrs []string
+	for _, n := range s.pool.Primaries() {
+		addrs = append(addrs, n.Addr)
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	var sb strings.Builder
+	kv := func(k, v string) { sb.WriteString(k + ":" + v + "\r\n") }
+	sb.WriteString("# Proxy\r\n")
+	kv("proxy_version", s.opts.Version)
+	kv("proxy_uptime_in_seconds", strconv.FormatInt(int64(time.Since(s.start).Seconds()), 10))
+	kv("proxy_connected_clients", strconv.FormatInt(s.nClients.Load(), 10))
+	kv("proxy_total_connections_received", strconv.FormatInt(s.totalConns.Load(), 10))
+	kv("proxy_rejected_connections", strconv.FormatInt(s.rejectedConn.Load(), 10))
+	kv("proxy_total_commands_processed", strconv.FormatInt(s.totalCmds.Load(), 10))
+	kv("proxy_protocol_errors", strconv.FormatInt(s.protoErrors.Load(), 10))
+	kv("proxy_goroutines", strconv.Itoa(runtime.NumGoroutine()))
+	kv("proxy_heap_alloc_bytes", strconv.FormatUint(ms.HeapAlloc, 10))
+	kv("upstream_mode", mode)
+	kv("upstream_primaries", strconv.Itoa(len(addrs)))
+	kv("upstream_primary_addrs", strings.Join(addrs, ","))
+	return sb.String()
+}
+
+// parseKeyspace reads keys= and expires= of db0 from an INFO keyspace body.
+func parseKeyspace(body []byte) (keys, expires int64) {
+	for _, line := range strings.Split(string(body), "\r\n") {
+		rest, ok := strings.CutPrefix(line, "db0:")
+		if !ok {
+			continue
+		}
+		for _, f := range strings.Split(rest, ",") {
+			k, v, _ := strings.Cut(f, "=")
+			n, _ := strconv.ParseInt(v, 10, 64)
+			switch k {
+			case "keys":
+				keys = n
+			case "expires":
+				expires = n
+			}
+		}
+	}
+	return keys, expires
+}

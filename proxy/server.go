@@ -1,0 +1,193 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/valkey-lock-proxy/valkey-lock-proxy/cluster"
+	"github.com/valkey-lock-proxy/valkey-lock-proxy/commands"
+	"github.com/valkey-lock-proxy/valkey-lock-proxy/proxy/resp"
+)
+
+// Options configure the client side.
+type Options struct {
+	// Limits bound what one client may send.
+	Limits resp.Limits
+	// MaxClients caps concurrent client connections.
+	MaxClients int
+	// MaxBatch caps the commands of a pipeline sent upstream in one round; replies are written
+	// after each round, so a long pipeline is answered in bounded chunks.
+	MaxBatch int
+	// Version is reported by INFO and HELLO.
+	Version string
+	Logger  *zap.Logger
+}
+
+// Server accepts client connections and serves each on its own goroutine.
+type Server struct {
+	opts  Options
+	log   *zap.Logger
+	pool  *cluster.Pool
+	table *commands.Table
+	start time.Time
+
+	upstreamVersion string
+
+	mu       sync.Mutex
+	clients  map[*client]struct{}
+	closing  bool
+	wg       sync.WaitGroup
+	listener net.Listener
+
+	nextID       atomic.Int64
+	nClients     atomic.Int64
+	totalConns   atomic.Int64
+	totalCmds    atomic.Int64
+	rejectedConn atomic.Int64
+	protoErrors  atomic.Int64
+}
+
+// NewServer returns a server that uses pool for upstream traffic and table to classify commands.
+func NewServer(opts Options, pool *cluster.Pool, table *commands.Table, upstreamVersion string) *Server {
+	if opts.MaxClients <= 0 {
+		opts.MaxClients = 10000
+	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = 256
+	}
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	return &Server{
+		opts:            opts,
+		log:             opts.Logger,
+		pool:            pool,
+		table:           table,
+		start:           time.Now(),
+		upstreamVersion: upstreamVersion,
+		clients:         map[*client]struct{}{},
+	}
+}
+
+// Serve accepts connections on ln until Shutdown. It returns nil after Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return nil
+	}
+	s.listener = ln
+	s.mu.Unlock()
+	var delay time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", zap.Error(err), zap.Duration("delay", delay))
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		s.accept(conn)
+	}
+}
+
+func isTemporary(err error) bool {
+	// EMFILE and friends: back off instead of failing the listener.
+	var se interface{ Temporary() bool }
+	return errors.As(err, &se) && se.Temporary()
+}
+
+func (s *Server) accept(conn net.Conn) {
+	s.totalConns.Add(1)
+	if s.nClients.Load() >= int64(s.opts.MaxClients) {
+		s.rejectedConn.Add(1)
+		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = conn.Write([]byte("-" + errMaxClients + "\r\n"))
+		_ = conn.Close()
+		return
+	}
+	c := newClient(s, conn)
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		_ = conn.Close()
+		return
+	}
+	s.clients[c] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	s.nClients.Add(1)
+	go func() {
+		defer s.wg.Done()
+		c.serve()
+		s.mu.Lock()
+		delete(s.clients, c)
+		s.mu.Unlock()
+		s.nClients.Add(-1)
+	}()
+}
+
+// Shutdown stops accepting, lets every client finish the commands it has sent, then closes the
+// client connections. Clients still busy when ctx ends are closed at once.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	if s.listener != nil {
+		_ = s.listener.Close()
+	}
+	for c := range s.clients {
+		c.interrupt()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		for c := range s.clients {
+			_ = c.conn.Close()
+		}
+		s.mu.Unlock()
+		<-done
+		return ctx.Err()
+	}
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// clientList snapshots the connected clients.
+func (s *Server) clientList() []*client {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*client, 0, len(s.clients))
+	for c := range s.clients {
+		out = append(out, c)
+	}
+	return out
+}
