@@ -11,7 +11,7 @@ import (
 
 const (
 	readBufSize     = 64 << 10
-	writeRounds     = 8  // flushes a submitting client does for others before handing off
+	writeRounds     = 8 // flushes a submitting client does for others before handing off
 	shrinkBufsAbove = 1 << 20
 )
 

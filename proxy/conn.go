@@ -68,10 +68,10 @@ type client struct {
 	lastCmd  atomic.Int64
 	quitting bool
 
-	mu      sync.Mutex
-	name    string
-	libName string
-	libVer  string
+	mu          sync.Mutex
+	name        string
+	libName     string
+	libVer      string
 	lastCmdName string
 }
 

@@ -107,7 +107,7 @@ func doubleQuoted(line []byte, i int) ([]byte, int, bool) {
 	return nil, i, false
 }
 
-// singleQuoted parses from just after an opening '\''.
+// singleQuoted parses from just after an opening '\”.
 func singleQuoted(line []byte, i int) ([]byte, int, bool) {
 	out := make([]byte, 0, 16)
 	for i < len(line) {
