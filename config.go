@@ -75,6 +75,10 @@ type Config struct {
 	Shutdown struct {
 		DrainTimeout Duration `yaml:"drain-timeout"`
 	} `yaml:"shutdown"`
+	Debug struct {
+		// PprofListen serves net/http/pprof on this loopback address when set.
+		PprofListen string `yaml:"pprof-listen"`
+	} `yaml:"debug"`
 }
 
 func defaultConfig() Config {
@@ -175,6 +179,12 @@ func (c *Config) validate() error {
 	}
 	if c.Limits.MaxQueryBuffer < c.Limits.MaxInline {
 		return errors.New("limits.max-query-buffer: must be at least limits.max-inline")
+	}
+	if c.Debug.PprofListen != "" {
+		h, _, err := net.SplitHostPort(c.Debug.PprofListen)
+		if err != nil || !isLoopback(h) {
+			return fmt.Errorf("debug.pprof-listen: %q is not a loopback host:port", c.Debug.PprofListen)
+		}
 	}
 	for _, n := range append(append([]string{}, c.Policy.Allow...), c.Policy.Deny...) {
 		if n == "" || strings.ContainsAny(n, " \t\r\n") {

@@ -4,10 +4,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -42,6 +45,7 @@ func run(ctx context.Context, argv []string, stdout io.Writer) error {
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	logFormat := fs.String("log-format", "", "json or console")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error")
+	pprofListen := fs.String("pprof", "", "serve net/http/pprof on this loopback host:port")
 	if err := fs.Parse(argv); err != nil {
 		return err
 	}
@@ -60,6 +64,9 @@ func run(ctx context.Context, argv []string, stdout io.Writer) error {
 	}
 	if *logLevel != "" {
 		cfg.Log.Level = *logLevel
+	}
+	if *pprofListen != "" {
+		cfg.Debug.PprofListen = *pprofListen
 	}
 	if err := cfg.validate(); err != nil {
 		return err
@@ -124,6 +131,13 @@ func run(ctx context.Context, argv []string, stdout io.Writer) error {
 	}
 	log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("upstream_mode", mode),
 		zap.Int("primaries", len(pool.Primaries())), zap.String("version", version))
+	if cfg.Debug.PprofListen != "" {
+		stopPprof, err := servePprof(cfg.Debug.PprofListen, log)
+		if err != nil {
+			return err
+		}
+		defer stopPprof()
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	select {
@@ -220,4 +234,30 @@ func loadTable(ctx context.Context, pool *cluster.Pool, pol commands.Policy) (*c
 		}
 	}
 	return table, upVersion, nil
+}
+
+// servePprof serves the runtime profiles on a loopback address until the returned stop is called.
+func servePprof(addr string, log *zap.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("debug.pprof-listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Warn("pprof server", zap.Error(err))
+		}
+	}()
+	log.Info("pprof listening", zap.String("addr", ln.Addr().String()))
+	return func() {
+		_ = hs.Close()
+		<-done
+	}, nil
 }
