@@ -178,6 +178,10 @@ func splitFields(s string) []string {
 	return out
 }
 
+// tryAgainBudget bounds how long a command answered TRYAGAIN is retried: long enough for a
+// slot migration to move a batch of keys.
+const tryAgainBudget = 5 * time.Second
+
 // followRedirects re-sends, one at a time and in order, every call whose reply was a redirect.
 func (p *Pool) followRedirects(ex *Exchange) {
 	var retry Exchange
@@ -193,16 +197,26 @@ func (p *Pool) followRedirects(ex *Exchange) {
 			from = n.Addr
 		}
 		backoff := 5 * time.Millisecond
-		for attempt := 0; attempt < p.opts.MaxRedirects+3; attempt++ {
+		deadline := time.Now().Add(tryAgainBudget)
+		moves := 0
+		for {
 			rd, ok := parseRedirect(c.Reply, from)
-			if !ok {
+			if !ok || time.Now().After(deadline) {
 				break
+			}
+			if !rd.tryAgain && !rd.ask {
+				// Only MOVED can loop between nodes that disagree; ASK and TRYAGAIN are
+				// bounded by the deadline while a migration finishes.
+				if moves++; moves > p.opts.MaxRedirects {
+					break
+				}
 			}
 			var target *Node
 			switch {
 			case rd.tryAgain:
+				// Keys of a multi-key command are split by a migration in progress: wait for it.
 				time.Sleep(backoff)
-				backoff = min(2*backoff, 200*time.Millisecond)
+				backoff = min(2*backoff, 100*time.Millisecond)
 				target = p.slots[c.Slot].Load()
 			case rd.ask:
 				target = p.node(rd.addr)
