@@ -134,8 +134,12 @@ func lower(dst, b []byte) []byte {
 	return dst
 }
 
-// sanitize replaces CR and LF with spaces so a text fits on one RESP error line.
+// sanitize replaces CR and LF with spaces so a text fits on one RESP error line, and ends it at
+// a NUL byte as Valkey's C formatting does.
 func sanitize(b []byte) string {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
 	if bytes.IndexByte(b, '\r') < 0 && bytes.IndexByte(b, '\n') < 0 {
 		return string(b)
 	}

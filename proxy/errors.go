@@ -10,6 +10,7 @@ const (
 	errClusterDisabled = "ERR This instance has cluster support disabled"
 	errMaxClients      = "ERR max number of clients reached"
 	errNoAuthSet       = "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"
+	errWrongPass       = "WRONGPASS invalid username-password pair or user is disabled."
 	errClientName      = "ERR Client names cannot contain spaces, newlines or special characters."
 	errHelloProto      = "ERR Protocol version is not an integer or out of range"
 	errNoSlot          = "CLUSTERDOWN Hash slot not served"

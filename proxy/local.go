@@ -16,7 +16,9 @@ func (c *client) runLocal(spec *commands.Spec, args [][]byte) {
 	start := len(c.local)
 	switch spec.Name {
 	case "ping":
-		if len(args) > 1 {
+		if len(args) > 2 {
+			c.local = redcon.AppendError(c.local, "ERR wrong number of arguments for 'ping' command")
+		} else if len(args) > 1 {
 			c.local = redcon.AppendBulk(c.local, args[1])
 		} else {
 			c.local = redcon.AppendString(c.local, "PONG")
@@ -34,7 +36,7 @@ func (c *client) runLocal(spec *commands.Spec, args [][]byte) {
 	case "hello":
 		c.hello(args)
 	case "auth":
-		c.local = redcon.AppendError(c.local, errNoAuthSet)
+		c.auth(args)
 	case "select":
 		switch n, ok := parseInt(args[1]); {
 		case !ok:
@@ -44,7 +46,10 @@ func (c *client) runLocal(spec *commands.Spec, args [][]byte) {
 		default:
 			c.local = redcon.AppendOK(c.local)
 		}
-	case "readonly", "readwrite", "asking", "cluster":
+	case "readonly", "readwrite":
+		// A standalone Valkey accepts both; reads are routed by the proxy's own policy.
+		c.local = redcon.AppendOK(c.local)
+	case "asking", "cluster":
 		c.local = redcon.AppendError(c.local, errClusterDisabled)
 	case "dbsize":
 		c.planFanOutSum(args)
@@ -62,6 +67,21 @@ func (c *client) runLocal(spec *commands.Spec, args [][]byte) {
 		}
 	}
 	c.localReply(start)
+}
+
+// auth answers AUTH the way a Valkey whose default user has no password does: AUTH <password>
+// is an error, AUTH default <anything> succeeds, any other user is refused.
+func (c *client) auth(args [][]byte) {
+	switch {
+	case len(args) > 3:
+		c.local = redcon.AppendError(c.local, errSyntax)
+	case len(args) == 2:
+		c.local = redcon.AppendError(c.local, errNoAuthSet)
+	case string(args[1]) == "default":
+		c.local = redcon.AppendOK(c.local)
+	default:
+		c.local = redcon.AppendError(c.local, errWrongPass)
+	}
 }
 
 // hello answers HELLO [protover [AUTH user pass] [SETNAME name]] with a RESP2 reply.

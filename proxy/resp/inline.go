@@ -22,11 +22,11 @@ func splitArgs(line []byte, dst [][]byte) ([][]byte, bool) {
 			arg, i, ok = singleQuoted(line, i+1)
 		default:
 			start := i
-			for i < len(line) && !isSpace(line[i]) && line[i] != '"' && line[i] != '\'' {
+			for i < len(line) && !endsWord(line[i]) && line[i] != '"' && line[i] != '\'' {
 				i++
 			}
 			arg, ok = line[start:i:i], true
-			if i < len(line) && !isSpace(line[i]) {
+			if i < len(line) && (line[i] == '"' || line[i] == '\'') {
 				// A quote inside a bare word starts a quoted part, as in Valkey.
 				var rest []byte
 				switch line[i] {
@@ -43,6 +43,12 @@ func splitArgs(line []byte, dst [][]byte) ([][]byte, bool) {
 		}
 		dst = append(dst, arg)
 	}
+}
+
+// endsWord reports whether c ends an unquoted word. As in sdssplitargs this is a narrower set
+// than isSpace: '\v' and '\f' are part of a word, though they are skipped between words.
+func endsWord(c byte) bool {
+	return c == ' ' || c == '\n' || c == '\r' || c == '\t' || c == 0
 }
 
 func isSpace(c byte) bool {

@@ -1,6 +1,7 @@
 package resp
 
 import (
+	"bytes"
 	"errors"
 	"io"
 )
@@ -69,6 +70,11 @@ const (
 	shrinkAbove  = 64 << 10
 	maxPrealloc  = 1024
 	maxNumDigits = 19
+	// maxBatch caps the commands one ReadBatch returns, so that a large buffer full of tiny
+	// pipelined requests does not become an equally large slice of Commands.
+	maxBatch = 1024
+	// keepArgs is the most batchArgs entries kept between calls.
+	keepArgs = 4 * maxPrealloc
 )
 
 // Reader parses pipelined requests from one connection.
@@ -101,6 +107,12 @@ func (r *Reader) Buffered() int { return r.w - r.r }
 func (r *Reader) ReadBatch() ([]Command, error) {
 	r.batch = r.batch[:0]
 	r.batchArgs = r.batchArgs[:0]
+	if cap(r.batchArgs) > keepArgs {
+		r.batchArgs = nil
+	}
+	if !r.pending && cap(r.argOffs) > 2*maxPrealloc {
+		r.argOffs = nil
+	}
 	if r.r == r.w && !r.pending {
 		r.r, r.w = 0, 0
 		if cap(r.buf) > shrinkAbove {
@@ -123,10 +135,19 @@ func (r *Reader) ReadBatch() ([]Command, error) {
 // fill makes room and performs one Read.
 func (r *Reader) fill() error {
 	if r.buf == nil {
-		r.buf = make([]byte, minBuf)
+		// Never more than MaxQuery: a command larger than that must not fit in one read.
+		r.buf = make([]byte, min(minBuf, r.lim.MaxQuery))
 	}
 	if r.r > 0 {
-		n := copy(r.buf, r.buf[r.r:r.w])
+		n := r.w - r.r
+		if len(r.buf) > shrinkAbove && n < len(r.buf)/4 {
+			// What a large command needed is given back once it has been handled.
+			nb := make([]byte, max(minBuf, 2*n))
+			copy(nb, r.buf[r.r:r.w])
+			r.buf = nb
+		} else {
+			copy(r.buf, r.buf[r.r:r.w])
+		}
 		r.r, r.w = 0, n
 	}
 	if r.w == len(r.buf) {
@@ -151,7 +172,7 @@ func (r *Reader) fill() error {
 
 // parseAll appends every complete command in buf[r:w] to the batch.
 func (r *Reader) parseAll() error {
-	for r.r < r.w {
+	for r.r < r.w && len(r.batch) < maxBatch {
 		done, err := r.parseOne()
 		if err != nil || !done {
 			return err
@@ -182,8 +203,9 @@ func (r *Reader) parseOne() (bool, error) {
 		}
 		r.pending, r.argc, r.pos = true, n, next
 		r.argOffs = r.argOffs[:0]
-		if cap(r.argOffs) < 2*min(n, maxPrealloc) {
-			r.argOffs = make([]int, 0, 2*min(n, maxPrealloc))
+		if want := 2 * min(n, maxPrealloc); cap(r.argOffs) < want || cap(r.argOffs) > 2*maxPrealloc {
+			// Preallocate at most min(n, 1024) like Valkey; drop what a huge command grew.
+			r.argOffs = make([]int, 0, want)
 		}
 	}
 	data := r.buf[r.r:r.w]
@@ -192,7 +214,8 @@ func (r *Reader) parseOne() (bool, error) {
 			return false, r.checkIncomplete(len(data))
 		}
 		if c := data[r.pos]; c != '$' {
-			return false, &ProtocolError{Msg: "expected '$', got '" + string(rune(c)) + "'"}
+			// The byte is quoted raw, as Valkey does (string(rune(c)) would UTF-8 encode it).
+			return false, &ProtocolError{Msg: "expected '$', got '" + string(data[r.pos:r.pos+1]) + "'"}
 		}
 		n, next, err := r.parseLength(data, r.pos+1, "too big bulk count string")
 		if err != nil {
@@ -236,16 +259,14 @@ func (r *Reader) checkIncomplete(have int) error {
 // offset just past the line, or -1 when the line is not complete yet.
 func (r *Reader) parseLength(data []byte, at int, tooBig string) (n, next int, err error) {
 	limit := min(len(data), at+r.lim.MaxInline)
-	i := at
-	for i < limit && data[i] != '\r' {
-		i++
-	}
-	if i == limit {
+	i := bytes.IndexByte(data[at:limit], '\r')
+	if i < 0 {
 		if limit-at >= r.lim.MaxInline {
 			return 0, 0, &ProtocolError{Msg: tooBig}
 		}
 		return 0, -1, nil
 	}
+	i += at
 	if i+1 >= len(data) {
 		return 0, -1, nil
 	}
@@ -299,13 +320,7 @@ func parseInt(b []byte) (int64, bool) {
 func (r *Reader) parseInline() (bool, error) {
 	data := r.buf[r.r:r.w]
 	limit := min(len(data), r.lim.MaxInline)
-	nl := -1
-	for i := 0; i < limit; i++ {
-		if data[i] == '\n' {
-			nl = i
-			break
-		}
-	}
+	nl := bytes.IndexByte(data[:limit], '\n')
 	if nl < 0 {
 		if len(data) >= r.lim.MaxInline {
 			return false, &ProtocolError{Msg: "too big inline request"}
