@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -72,6 +73,26 @@ type Config struct {
 		Allow []string `yaml:"allow"`
 		Deny  []string `yaml:"deny"`
 	} `yaml:"policy"`
+	Locks struct {
+		// KeyPrefix starts every lock key and fence key; it may not contain braces.
+		KeyPrefix string `yaml:"key-prefix"`
+		// DefaultTTL applies when LOCK, RENEW or SAFESET name none.
+		DefaultTTL Duration `yaml:"default-ttl"`
+		// MaxTTL and MaxWait bound what a client may ask for.
+		MaxTTL  Duration `yaml:"max-ttl"`
+		MaxWait Duration `yaml:"max-wait"`
+		// Replicas that must acknowledge an acquisition: auto (1 when the shard has a replica,
+		// else 0) or a number.
+		Replicas string `yaml:"replicas"`
+		// ReplicaTimeout bounds the WAIT for those acknowledgements.
+		ReplicaTimeout Duration `yaml:"replica-timeout"`
+		// ProtectKeys refuses pass-through writes to lock and fence keys.
+		ProtectKeys bool `yaml:"protect-keys"`
+		// RecheckInterval bounds a waiter's sleep without news of a release.
+		RecheckInterval Duration `yaml:"recheck-interval"`
+		// TokenCache is how many resources per connection remember their latest token.
+		TokenCache int `yaml:"token-cache"`
+	} `yaml:"locks"`
 	Shutdown struct {
 		DrainTimeout Duration `yaml:"drain-timeout"`
 	} `yaml:"shutdown"`
@@ -99,6 +120,15 @@ func defaultConfig() Config {
 	c.Limits.MaxQueryBuffer = 1 << 30
 	c.Limits.InlineCommands = true
 	c.Limits.MaxBatch = 256
+	c.Locks.KeyPrefix = "lock:"
+	c.Locks.DefaultTTL = Duration(10 * time.Second)
+	c.Locks.MaxTTL = Duration(24 * time.Hour)
+	c.Locks.MaxWait = Duration(5 * time.Minute)
+	c.Locks.Replicas = "auto"
+	c.Locks.ReplicaTimeout = Duration(200 * time.Millisecond)
+	c.Locks.ProtectKeys = true
+	c.Locks.RecheckInterval = Duration(time.Second)
+	c.Locks.TokenCache = 1024
 	c.Shutdown.DrainTimeout = Duration(10 * time.Second)
 	return c
 }
@@ -165,6 +195,12 @@ func (c *Config) validate() error {
 		{"limits.max-inline", int64(c.Limits.MaxInline)},
 		{"limits.max-query-buffer", int64(c.Limits.MaxQueryBuffer)},
 		{"limits.max-batch", int64(c.Limits.MaxBatch)},
+		{"locks.default-ttl", int64(c.Locks.DefaultTTL)},
+		{"locks.max-ttl", int64(c.Locks.MaxTTL)},
+		{"locks.max-wait", int64(c.Locks.MaxWait)},
+		{"locks.replica-timeout", int64(c.Locks.ReplicaTimeout)},
+		{"locks.recheck-interval", int64(c.Locks.RecheckInterval)},
+		{"locks.token-cache", int64(c.Locks.TokenCache)},
 	}
 	for _, p := range positive {
 		if p.v <= 0 {
@@ -179,6 +215,15 @@ func (c *Config) validate() error {
 	}
 	if c.Limits.MaxQueryBuffer < c.Limits.MaxInline {
 		return errors.New("limits.max-query-buffer: must be at least limits.max-inline")
+	}
+	if c.Locks.KeyPrefix == "" || strings.ContainsAny(c.Locks.KeyPrefix, "{}") {
+		return fmt.Errorf("locks.key-prefix: %q must be non-empty and have no braces", c.Locks.KeyPrefix)
+	}
+	if c.Locks.DefaultTTL > c.Locks.MaxTTL {
+		return errors.New("locks.default-ttl: must not exceed locks.max-ttl")
+	}
+	if _, err := c.lockReplicas(); err != nil {
+		return err
 	}
 	if c.Debug.PprofListen != "" {
 		h, _, err := net.SplitHostPort(c.Debug.PprofListen)
@@ -200,4 +245,16 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// lockReplicas turns locks.replicas into a count, -1 for auto.
+func (c *Config) lockReplicas() (int, error) {
+	if c.Locks.Replicas == "auto" {
+		return -1, nil
+	}
+	n, err := strconv.Atoi(c.Locks.Replicas)
+	if err != nil || n < 0 || n > 16 {
+		return 0, fmt.Errorf("locks.replicas: %q is not auto or a number from 0 to 16", c.Locks.Replicas)
+	}
+	return n, nil
 }

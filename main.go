@@ -96,6 +96,7 @@ func run(ctx context.Context, argv []string, stdout io.Writer) error {
 		Timeout:         time.Duration(cfg.Upstream.Timeout),
 		RefreshInterval: time.Duration(cfg.Upstream.RefreshInterval),
 		MaxRedirects:    cfg.Upstream.MaxRedirects,
+		WaitTimeout:     time.Duration(cfg.Locks.ReplicaTimeout),
 		Logger:          log,
 	}, time.Duration(cfg.Upstream.ConnectTimeout))
 	if err != nil {
@@ -107,6 +108,7 @@ func run(ctx context.Context, argv []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	replicas, _ := cfg.lockReplicas()
 	srv := proxy.NewServer(proxy.Options{
 		Limits: resp.Limits{
 			MaxArgs:   cfg.Limits.MaxArgs,
@@ -119,6 +121,19 @@ func run(ctx context.Context, argv []string, stdout io.Writer) error {
 		MaxBatch:   cfg.Limits.MaxBatch,
 		Version:    version,
 		Logger:     log,
+		Locks: proxy.LockOptions{
+			LockLimits: commands.LockLimits{
+				DefaultTTL: time.Duration(cfg.Locks.DefaultTTL),
+				MaxTTL:     time.Duration(cfg.Locks.MaxTTL),
+				MaxWait:    time.Duration(cfg.Locks.MaxWait),
+			},
+			KeyPrefix:      cfg.Locks.KeyPrefix,
+			Replicas:       replicas,
+			ReplicaTimeout: time.Duration(cfg.Locks.ReplicaTimeout),
+			ProtectKeys:    cfg.Locks.ProtectKeys,
+			Recheck:        time.Duration(cfg.Locks.RecheckInterval),
+			TokenCache:     cfg.Locks.TokenCache,
+		},
 	}, pool, table, upVersion)
 
 	ln, err := net.Listen("tcp", cfg.Listen)

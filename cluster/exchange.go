@@ -16,6 +16,10 @@ type Call struct {
 	Slot uint16
 	// Node, when set, sends the call to that node instead (fan-out); redirects are not followed.
 	Node *Node
+	// Acks > 0 sends the call on the node's acknowledged-write connection, where a WAIT for
+	// that many replicas follows it; Acked is WAIT's answer.
+	Acks  int
+	Acked int
 	// Reply is the raw reply, valid until the Exchange is used again. Nil when Err is set.
 	Reply []byte
 	// Err is a transport failure or ErrNoSlot.
@@ -68,6 +72,9 @@ func (p *Pool) Do(ex *Exchange) {
 				continue
 			}
 		}
+		if c.Acks > 0 {
+			n = p.ackNode(n)
+		}
 		k := 0
 		for k < nops && ex.ops[k].node != n {
 			k++
@@ -80,6 +87,7 @@ func (p *Pool) Do(ex *Exchange) {
 			nops++
 		}
 		ex.ops[k].calls = append(ex.ops[k].calls, i)
+		ex.ops[k].needAcks = max(ex.ops[k].needAcks, c.Acks)
 	}
 	p.run(ex, ex.ops[:nops])
 	redirected := false
@@ -96,6 +104,7 @@ func (p *Pool) Do(ex *Exchange) {
 				start = o.ends[j-1]
 			}
 			c.Reply = o.buf[start:o.ends[j]:o.ends[j]]
+			c.Acked = o.acks
 			if c.Node == nil && isRedirect(c.Reply) {
 				redirected = true
 			}
@@ -228,9 +237,13 @@ func (p *Pool) followRedirects(ex *Exchange) {
 			if target == nil {
 				break
 			}
+			if c.Acks > 0 {
+				target = p.ackNode(target)
+			}
 			retry.Calls = append(retry.Calls[:0], Call{Req: c.Req, Node: target})
 			o := &retry.ops[0]
 			o.reset(target, &retry)
+			o.needAcks = c.Acks
 			if rd.ask {
 				o.calls = append(o.calls, -1)
 			}
@@ -247,6 +260,7 @@ func (p *Pool) followRedirects(ex *Exchange) {
 			}
 			// The reply lives in retry's buffer, which the next attempt reuses: copy it out.
 			c.Reply = append([]byte(nil), o.buf[start:o.ends[last]]...)
+			c.Acked = o.acks
 			from = target.Addr
 			if !isRedirect(c.Reply) {
 				break

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +34,12 @@ type Node struct {
 	queue   []*op
 	head    int
 
+	// On a node that carries lock acquisitions needing replica acknowledgement (see
+	// Pool.ackNode): the requests written since the last WAIT, and that WAIT's timeout.
+	ackPending  []*op
+	waitTimeout int64
+	replicas    atomic.Int32
+
 	// lastProgress is the coarse time (pool clock) of the last read, or of the moment the queue
 	// stopped being empty; the watchdog closes a connection that makes no progress.
 	lastProgress atomic.Int64
@@ -47,10 +54,22 @@ type op struct {
 	buf   []byte
 	ends  []int
 	err   error
+
+	// needAcks > 0: the op completes only when the WAIT written after it answers; acks is
+	// that answer. received is set once all of the op's own replies are in.
+	needAcks int
+	acks     int
+	received atomic.Bool
+	done     atomic.Bool
+	// waitFor is set on the op of a WAIT: the ops whose writes it covers.
+	waitFor []*op
 }
 
 func (o *op) reset(n *Node, ex *Exchange) {
 	o.node, o.ex, o.err = n, ex, nil
+	o.needAcks, o.acks, o.waitFor = 0, 0, nil
+	o.received.Store(false)
+	o.done.Store(false)
 	o.calls = o.calls[:0]
 	if cap(o.buf) > shrinkBufsAbove {
 		o.buf = nil
@@ -59,13 +78,45 @@ func (o *op) reset(n *Node, ex *Exchange) {
 	o.ends = o.ends[:0]
 }
 
+// complete finishes o once; for a WAIT's op it finishes the ops it covers.
 func (o *op) complete(err error) {
+	if o.waitFor != nil {
+		o.settleWait(err)
+		return
+	}
+	if !o.done.CompareAndSwap(false, true) {
+		return
+	}
 	if err != nil && o.err == nil {
 		o.err = err
 	}
 	if o.ex.remaining.Add(-1) == 0 {
 		o.ex.wake <- struct{}{}
 	}
+}
+
+// settleWait hands a WAIT's outcome to the ops it covers. On failure only the ops whose replies
+// are all in are finished here; the others are finished by the queue or the reader.
+func (o *op) settleWait(err error) {
+	for _, w := range o.waitFor {
+		if err != nil && !w.received.Load() {
+			continue
+		}
+		w.acks = o.acks
+		w.complete(err)
+	}
+}
+
+// parseAcks reads WAIT's integer reply; anything else counts as no acknowledgement.
+func parseAcks(r []byte) int {
+	if len(r) < 4 || r[0] != ':' {
+		return 0
+	}
+	n, ok := atoi(r[1 : len(r)-2])
+	if !ok || n < 0 {
+		return 0
+	}
+	return n
 }
 
 var askingReq = []byte("*1\r\n$6\r\nASKING\r\n")
@@ -80,6 +131,9 @@ func (n *Node) submit(o *op) {
 			o.complete(err)
 			return
 		}
+	}
+	if o.needAcks > 0 {
+		n.ackPending = append(n.ackPending, o)
 	}
 	for _, i := range o.calls {
 		if i < 0 {
@@ -101,6 +155,20 @@ func (n *Node) submit(o *op) {
 	n.flushLocked(writeRounds)
 }
 
+// appendWaitLocked covers every acquisition written since the last WAIT with one WAIT on the
+// same connection: WAIT counts the replicas that have every write this connection sent.
+func (n *Node) appendWaitLocked() {
+	need := 0
+	for _, o := range n.ackPending {
+		need = max(need, o.needAcks)
+	}
+	w := &op{node: n, waitFor: n.ackPending, calls: []int{-2}}
+	n.ackPending = nil
+	n.wbuf = AppendCommand(n.wbuf, "WAIT", strconv.Itoa(need), strconv.FormatInt(n.waitTimeout, 10))
+	n.queue = append(n.queue, w)
+	n.outstanding.Add(1)
+}
+
 // flushLocked writes the pending bytes, at most rounds times, then hands the rest to a new
 // goroutine so that no client is held writing for others. It is entered with mu held and
 // writing set, and returns with mu released.
@@ -116,6 +184,9 @@ func (n *Node) flushLocked(rounds int) {
 			return
 		}
 		rounds--
+		if len(n.ackPending) > 0 {
+			n.appendWaitLocked()
+		}
 		b := n.wbuf
 		n.wbuf = n.spare[:0]
 		n.mu.Unlock()
@@ -150,6 +221,7 @@ func (n *Node) detachLocked(conn net.Conn) []*op {
 	_ = conn.Close()
 	n.conn = nil
 	n.wbuf = n.wbuf[:0]
+	n.ackPending = nil // those ops are in the queue and fail with it
 	failed := append([]*op(nil), n.queue[n.head:]...)
 	clear(n.queue)
 	n.queue, n.head = n.queue[:0], 0
@@ -216,12 +288,25 @@ func (n *Node) readLoop(conn net.Conn) {
 					break
 				}
 			}
+			if cur.waitFor != nil {
+				cur.acks = parseAcks(buf[r : r+l])
+				r += l
+				n.outstanding.Add(-1)
+				cur.complete(nil)
+				cur = nil
+				continue
+			}
 			cur.buf = append(cur.buf, buf[r:r+l]...)
 			cur.ends = append(cur.ends, len(cur.buf))
 			r += l
 			if len(cur.ends) == len(cur.calls) {
 				n.outstanding.Add(-1)
-				cur.complete(nil)
+				if cur.needAcks > 0 {
+					// Finished by the WAIT queued behind it.
+					cur.received.Store(true)
+				} else {
+					cur.complete(nil)
+				}
 				cur = nil
 			}
 		}

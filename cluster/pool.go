@@ -33,6 +33,8 @@ type Options struct {
 	RefreshInterval time.Duration
 	// MaxRedirects bounds MOVED/ASK/TRYAGAIN handling per command.
 	MaxRedirects int
+	// WaitTimeout is the timeout of the WAIT that follows acknowledged writes.
+	WaitTimeout time.Duration
 	// Logger receives topology changes and connection failures.
 	Logger *zap.Logger
 }
@@ -50,6 +52,7 @@ type Pool struct {
 
 	mu    sync.Mutex
 	nodes map[string]*Node
+	acks  map[*Node]*Node
 
 	clock     atomic.Int64
 	refreshCh chan struct{}
@@ -103,6 +106,7 @@ func New(ctx context.Context, opts Options) (*Pool, error) {
 		rc:         rc,
 		standalone: rc.Mode() != rueidis.ClientModeCluster,
 		nodes:      map[string]*Node{},
+		acks:       map[*Node]*Node{},
 		refreshCh:  make(chan struct{}, 1),
 		stop:       make(chan struct{}),
 	}
@@ -146,6 +150,27 @@ func (p *Pool) node(addr string) *Node {
 		p.nodes[addr] = n
 	}
 	return n
+}
+
+// ackNode returns the twin of n that carries writes followed by WAIT: a connection of its own,
+// so that a WAIT blocking on a slow replica never holds up other traffic to n.
+func (p *Pool) ackNode(n *Node) *Node {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	t := p.acks[n]
+	if t == nil {
+		t = &Node{Addr: n.Addr, pool: p, waitTimeout: max(p.opts.WaitTimeout.Milliseconds(), 1)}
+		p.acks[n] = t
+	}
+	return t
+}
+
+// Replicas returns how many replicas the primary serving slot had at the last refresh.
+func (p *Pool) Replicas(slot uint16) int {
+	if n := p.slots[slot].Load(); n != nil {
+		return int(n.replicas.Load())
+	}
+	return 0
 }
 
 func (p *Pool) dial(addr string) (net.Conn, error) {
@@ -281,6 +306,9 @@ func (p *Pool) watchdog() {
 			for _, n := range p.nodes {
 				nodes = append(nodes, n)
 			}
+			for _, n := range p.acks {
+				nodes = append(nodes, n)
+			}
 			p.mu.Unlock()
 			for _, n := range nodes {
 				n.checkStalled(now.UnixNano(), int64(p.opts.Timeout))
@@ -304,8 +332,9 @@ func (p *Pool) refresh(ctx context.Context) error {
 		return fmt.Errorf("CLUSTER SLOTS: %w", err)
 	}
 	type span struct {
-		lo, hi int64
-		addr   string
+		lo, hi   int64
+		addr     string
+		replicas int
 	}
 	var spans []span
 	for _, entry := range msg {
@@ -327,7 +356,7 @@ func (p *Pool) refresh(ctx context.Context) error {
 		if host == "" || host == "?" {
 			host, _, _ = net.SplitHostPort(p.opts.Seeds[0])
 		}
-		spans = append(spans, span{lo, hi, net.JoinHostPort(host, strconv.FormatInt(port, 10))})
+		spans = append(spans, span{lo, hi, net.JoinHostPort(host, strconv.FormatInt(port, 10)), len(e) - 3})
 	}
 	if len(spans) == 0 {
 		return errors.New("CLUSTER SLOTS returned no slots")
@@ -336,6 +365,7 @@ func (p *Pool) refresh(ctx context.Context) error {
 	var prim []*Node
 	for _, s := range spans {
 		n := p.node(s.addr)
+		n.replicas.Store(int32(s.replicas))
 		if !seen[s.addr] {
 			seen[s.addr] = true
 			prim = append(prim, n)
@@ -381,6 +411,9 @@ func (p *Pool) Close() {
 		p.mu.Lock()
 		nodes := make([]*Node, 0, len(p.nodes))
 		for _, n := range p.nodes {
+			nodes = append(nodes, n)
+		}
+		for _, n := range p.acks {
 			nodes = append(nodes, n)
 		}
 		p.mu.Unlock()

@@ -147,3 +147,28 @@ func ArrayElems(reply []byte, dst [][]byte) ([][]byte, bool) {
 	}
 	return dst, true
 }
+
+// BulkValue returns the payload of a bulk-string reply, or nil.
+func BulkValue(reply []byte) []byte {
+	if len(reply) < 4 || reply[0] != '$' {
+		return nil
+	}
+	end := indexCRLF(reply, 1)
+	if end < 0 {
+		return nil
+	}
+	n, ok := atoi(reply[1:end])
+	if !ok || n < 0 || end+2+n > len(reply) {
+		return nil
+	}
+	return reply[end+2 : end+2+n]
+}
+
+// IntValue returns the value of an integer reply.
+func IntValue(reply []byte) (int64, bool) {
+	if len(reply) < 4 || reply[0] != ':' {
+		return 0, false
+	}
+	n, ok := atoi(reply[1 : len(reply)-2])
+	return int64(n), ok
+}

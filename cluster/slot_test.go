@@ -42,3 +42,20 @@ func TestHashTag(t *testing.T) {
 		}
 	}
 }
+
+func TestSlotTagCoversEverySlot(t *testing.T) {
+	longest := 0
+	for s := range SlotCount {
+		tag := SlotTag(uint16(s))
+		if tag == "" {
+			t.Fatalf("slot %d has no tag", s)
+		}
+		if got := SlotOfString("{" + tag + "}"); got != uint16(s) {
+			t.Fatalf("SlotTag(%d) = %q hashes to %d", s, tag, got)
+		}
+		longest = max(longest, len(tag))
+	}
+	if longest > 4 {
+		t.Errorf("longest tag has %d bytes", longest)
+	}
+}

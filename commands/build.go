@@ -84,7 +84,21 @@ func Load(reply []rueidis.RedisMessage, pol Policy) (*Table, error) {
 	for n := range deny {
 		t.setClass(n, Denied)
 	}
+	for _, s := range LockSpecs {
+		t.cmds[s.Name] = s
+	}
 	return t, nil
+}
+
+// LockSpecs are the proxy's own commands (SPEC §3). Their first argument is the key that
+// decides the slot (the resource, or SAFESET's key).
+var LockSpecs = []*Spec{
+	{Name: "lock", Arity: -2, Class: Lock, Flags: []string{"write", "fast"}, simple: true, first: 1, step: 1},
+	{Name: "unlock", Arity: -2, Class: Lock, Flags: []string{"write", "fast"}, simple: true, first: 1, step: 1},
+	{Name: "renew", Arity: -3, Class: Lock, Flags: []string{"write", "fast"}, simple: true, first: 1, step: 1},
+	{Name: "lockinfo", Arity: 2, Class: Lock, Flags: []string{"readonly", "fast"}, ReadOnly: true, simple: true, first: 1, step: 1},
+	{Name: "lockid", Arity: 1, Class: Lock, Flags: []string{"fast"}},
+	{Name: "safeset", Arity: -3, Class: Lock, Flags: []string{"write"}, simple: true, first: 1, step: 1},
 }
 
 // setClass sets the class of a command and of its subcommands, or of one subcommand.

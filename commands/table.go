@@ -26,9 +26,11 @@ const (
 	Denied
 	// FanOut commands need every primary.
 	FanOut
+	// Lock commands are the proxy's own: LOCK, UNLOCK, RENEW, LOCKINFO, LOCKID, SAFESET.
+	Lock
 )
 
-var classNames = [...]string{"routed", "keyless", "split", "local", "pinned", "denied", "fan-out"}
+var classNames = [...]string{"routed", "keyless", "split", "local", "pinned", "denied", "fan-out", "lock"}
 
 func (c Class) String() string { return classNames[c] }
 

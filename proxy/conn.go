@@ -25,6 +25,7 @@ const (
 	stepLocal stepKind = iota // bytes in client.local[a:b]
 	stepCall                  // ex.Calls[a].Reply
 	stepMerge                 // ex.Calls[a:b] merged by merge
+	stepLock                  // lk.steps[a], turned into stepLocal by finishLocks
 )
 
 type mergeKind uint8
@@ -67,6 +68,7 @@ type client struct {
 	created  time.Time
 	lastCmd  atomic.Int64
 	quitting bool
+	lk       lockState
 
 	mu          sync.Mutex
 	name        string
@@ -92,7 +94,10 @@ func newClient(s *Server, conn net.Conn) *client {
 func (c *client) interrupt() { _ = c.conn.SetReadDeadline(time.Now()) }
 
 func (c *client) serve() {
-	defer func() { _ = c.conn.Close() }()
+	defer func() {
+		_ = c.conn.Close()
+		c.releaseKeepalives()
+	}()
 	for !c.quitting {
 		cmds, err := c.rd.ReadBatch()
 		for len(cmds) > 0 && !c.quitting {
@@ -133,51 +138,76 @@ func (c *client) flush() bool {
 	return err == nil
 }
 
-// runBatch handles a run of pipelined commands: it plans each, sends all upstream calls in one
-// round, then writes every reply in order. It returns false when the connection must close.
+// runBatch handles a run of pipelined commands: it plans them, sends all upstream calls of a
+// round together, then writes every reply in order. A LOCK that may wait ends its round, so
+// that the commands after it run only once it is settled. It returns false when the
+// connection must close.
 func (c *client) runBatch(cmds []resp.Command) bool {
-	c.steps = c.steps[:0]
-	c.local = c.local[:0]
-	c.scratch = c.scratch[:0]
-	c.positions = c.positions[:0]
-	c.ex.Reset()
 	c.s.totalCmds.Add(int64(len(cmds)))
 	c.lastCmd.Store(time.Now().UnixNano())
-	closeNow := false
-	for i := range cmds {
-		if !c.plan(&cmds[i]) {
-			closeNow = true
-			break
+	for len(cmds) > 0 && !c.quitting {
+		c.steps = c.steps[:0]
+		c.local = c.local[:0]
+		c.scratch = c.scratch[:0]
+		c.positions = c.positions[:0]
+		c.lk.steps = c.lk.steps[:0]
+		c.ex.Reset()
+		started := time.Now()
+		n, closeNow, barrier := 0, false, false
+		for n < len(cmds) && !c.quitting && !barrier {
+			var ok bool
+			ok, barrier = c.plan(&cmds[n])
+			n++
+			if !ok {
+				closeNow = true
+				break
+			}
 		}
-		if c.quitting {
-			break
+		cmds = cmds[n:]
+		if len(c.ex.Calls) > 0 {
+			c.s.pool.Do(c.ex)
+		}
+		waiting, pttl := c.finishLocks()
+		if waiting == nil {
+			c.assemble(c.steps)
+		} else {
+			// Answer what came before the LOCK, then block this client alone.
+			last := len(c.steps) - 1
+			c.assemble(c.steps[:last])
+			if !c.flush() {
+				return false
+			}
+			reply := c.waitForLock(waiting, pttl, started)
+			if reply == nil {
+				return false
+			}
+			c.out = append(c.out, reply...)
+		}
+		if !c.flush() || closeNow {
+			return false
 		}
 	}
-	if len(c.ex.Calls) > 0 {
-		c.s.pool.Do(c.ex)
-	}
-	c.assemble()
-	if !c.flush() {
-		return false
-	}
-	return !closeNow
+	return true
 }
 
-// plan decides how one command is answered and appends its step. It returns false when the
-// connection must be closed without a reply (cross-protocol attacks).
-func (c *client) plan(cmd *resp.Command) bool {
+// plan decides how one command is answered and appends its step. ok is false when the
+// connection must be closed without a reply (cross-protocol attacks); barrier is true for a
+// LOCK that may wait.
+func (c *client) plan(cmd *resp.Command) (ok, barrier bool) {
 	args := cmd.Args
 	if isCrossProtocol(args[0]) {
 		c.s.log.Warn("possible cross-protocol attack: closing the connection",
 			zap.Int64("client", c.id), zap.String("addr", c.conn.RemoteAddr().String()))
-		return false
+		return false, false
 	}
 	spec, errText := c.s.table.Lookup(args)
 	if spec == nil {
 		c.localError(errText)
-		return true
+		return true, false
 	}
 	switch spec.Class {
+	case commands.Lock:
+		return true, c.planLockCommand(spec.Name, args)
 	case commands.Local:
 		c.runLocal(spec, args)
 	case commands.Routed:
@@ -189,7 +219,7 @@ func (c *client) plan(cmd *resp.Command) bool {
 	case commands.Pinned:
 		if (spec.Name == "xread" || spec.Name == "xreadgroup") && !hasBlockOption(args) {
 			c.planRouted(spec, cmd)
-			return true
+			return true, false
 		}
 		c.localError(errPinned(spec.Name))
 	case commands.Denied:
@@ -197,7 +227,7 @@ func (c *client) plan(cmd *resp.Command) bool {
 	case commands.FanOut:
 		c.localError(errFanOutTodo(spec.Name))
 	}
-	return true
+	return true, false
 }
 
 func isCrossProtocol(name []byte) bool {
@@ -251,6 +281,10 @@ func (c *client) planRouted(spec *commands.Spec, cmd *resp.Command) {
 			return
 		}
 	}
+	if !spec.ReadOnly && c.touchesLockKey(cmd.Args, c.keys) {
+		c.localError(errLockKeys)
+		return
+	}
 	c.addCall(cmd, slot)
 }
 
@@ -264,10 +298,10 @@ func (c *client) localReply(start int) {
 	c.steps = append(c.steps, step{kind: stepLocal, a: start, b: len(c.local)})
 }
 
-// assemble writes every step's reply, in order, to the output buffer.
-func (c *client) assemble() {
-	for i := range c.steps {
-		st := &c.steps[i]
+// assemble writes the steps' replies, in order, to the output buffer.
+func (c *client) assemble(steps []step) {
+	for i := range steps {
+		st := &steps[i]
 		switch st.kind {
 		case stepLocal:
 			c.out = append(c.out, c.local[st.a:st.b]...)
@@ -294,4 +328,17 @@ func appendInt(b []byte, n int64) []byte {
 	b = append(b, ':')
 	b = strconv.AppendInt(b, n, 10)
 	return append(b, '\r', '\n')
+}
+
+// touchesLockKey reports whether a write would reach a lock or fence key (locks.protect-keys).
+func (c *client) touchesLockKey(args [][]byte, keys []int) bool {
+	if !c.s.locks.opts.ProtectKeys {
+		return false
+	}
+	for _, k := range keys {
+		if commands.IsLockKey(args[k], c.s.locks.opts.KeyPrefix) {
+			return true
+		}
+	}
+	return false
 }

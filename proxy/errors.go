@@ -15,6 +15,7 @@ const (
 	errHelloProto      = "ERR Protocol version is not an integer or out of range"
 	errNoSlot          = "CLUSTERDOWN Hash slot not served"
 	errShuttingDown    = "ERR proxy: shutting down"
+	errLockKeys        = "ERR lock keys are managed by LOCK/UNLOCK"
 )
 
 func errDenied(name string) string {

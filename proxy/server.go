@@ -26,7 +26,9 @@ type Options struct {
 	MaxBatch int
 	// Version is reported by INFO and HELLO.
 	Version string
-	Logger  *zap.Logger
+	// Locks configure the lock commands.
+	Locks  LockOptions
+	Logger *zap.Logger
 }
 
 // Server accepts client connections and serves each on its own goroutine.
@@ -35,15 +37,17 @@ type Server struct {
 	log   *zap.Logger
 	pool  *cluster.Pool
 	table *commands.Table
+	locks *lockManager
 	start time.Time
 
 	upstreamVersion string
 
-	mu       sync.Mutex
-	clients  map[*client]struct{}
-	closing  bool
-	wg       sync.WaitGroup
-	listener net.Listener
+	mu        sync.Mutex
+	clients   map[*client]struct{}
+	closing   bool
+	closingCh chan struct{}
+	wg        sync.WaitGroup
+	listener  net.Listener
 
 	nextID       atomic.Int64
 	nClients     atomic.Int64
@@ -64,7 +68,31 @@ func NewServer(opts Options, pool *cluster.Pool, table *commands.Table, upstream
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
+	lo := &opts.Locks
+	if lo.KeyPrefix == "" {
+		lo.KeyPrefix = "lock:"
+	}
+	if lo.DefaultTTL <= 0 {
+		lo.DefaultTTL = 10 * time.Second
+	}
+	if lo.MaxTTL <= 0 {
+		lo.MaxTTL = 24 * time.Hour
+	}
+	if lo.MaxWait <= 0 {
+		lo.MaxWait = 5 * time.Minute
+	}
+	if lo.ReplicaTimeout <= 0 {
+		lo.ReplicaTimeout = 200 * time.Millisecond
+	}
+	if lo.Recheck <= 0 {
+		lo.Recheck = time.Second
+	}
+	if lo.TokenCache <= 0 {
+		lo.TokenCache = 1024
+	}
 	return &Server{
+		locks:           newLockManager(opts.Locks, pool, opts.Logger),
+		closingCh:       make(chan struct{}),
 		opts:            opts,
 		log:             opts.Logger,
 		pool:            pool,
@@ -148,6 +176,9 @@ func (s *Server) accept(conn net.Conn) {
 // client connections. Clients still busy when ctx ends are closed at once.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
+	if !s.closing {
+		close(s.closingCh)
+	}
 	s.closing = true
 	if s.listener != nil {
 		_ = s.listener.Close()
@@ -161,6 +192,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.wg.Wait()
 		close(done)
 	}()
+	defer s.locks.close()
 	select {
 	case <-done:
 		return nil

@@ -20,6 +20,14 @@ func (c *client) planSplit(spec *commands.Spec, cmd *resp.Command) {
 			return
 		}
 	}
+	if !spec.ReadOnly && c.s.locks.opts.ProtectKeys {
+		for i := 1; i < len(args); i += stride {
+			if commands.IsLockKey(args[i], c.s.locks.opts.KeyPrefix) {
+				c.localError(errLockKeys)
+				return
+			}
+		}
+	}
 	first := cluster.SlotOf(args[1])
 	same := true
 	for i := 1 + stride; i < len(args); i += stride {

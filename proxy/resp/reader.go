@@ -102,8 +102,9 @@ func NewReader(rd io.Reader, lim Limits) *Reader {
 // Buffered reports how many bytes have been received but not yet returned as commands.
 func (r *Reader) Buffered() int { return r.w - r.r }
 
-// ReadBatch returns every complete command already received, reading from the connection only
-// when none is complete. The returned slices are valid until the next call.
+// ReadBatch returns the complete commands already received (at most maxBatch of them), reading
+// from the connection only when none is complete. The returned slices are valid until the next
+// call.
 func (r *Reader) ReadBatch() ([]Command, error) {
 	r.batch = r.batch[:0]
 	r.batchArgs = r.batchArgs[:0]
@@ -345,4 +346,19 @@ func (r *Reader) parseInline() (bool, error) {
 		r.batch = append(r.batch, Command{Args: args[start:len(args):len(args)]})
 	}
 	return true, nil
+}
+
+// Feed appends bytes received elsewhere (by a goroutine that watched the connection while the
+// owner was busy) as if they had been read. It never moves data already in the buffer, so
+// commands returned by the last ReadBatch stay valid.
+func (r *Reader) Feed(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	if r.w+len(b) > len(r.buf) {
+		nb := make([]byte, max(2*len(r.buf), r.w+len(b), minBuf))
+		copy(nb, r.buf[:r.w])
+		r.buf = nb
+	}
+	r.w += copy(r.buf[r.w:], b)
 }

@@ -651,3 +651,42 @@ func TestReaderPipelineBatchBounded(t *testing.T) {
 		t.Errorf("largest batch: %d commands", maxBatch)
 	}
 }
+
+// TestReaderFeed checks bytes handed back with Feed: commands already returned stay valid, and
+// the fed bytes are parsed before anything more is read, also after a large command.
+func TestReaderFeed(t *testing.T) {
+	big := enc("SET", "k", strings.Repeat("x", 1<<20))
+	for _, first := range []string{enc("GET", "k"), big, big + "*2\r\n$4\r\nECHO\r\n$1\r\n"} {
+		r := NewReader(&scriptReader{chunks: [][]byte{[]byte(first), []byte(enc("PING"))}}, DefaultLimits)
+		cs, err := r.ReadBatch()
+		if err != nil || len(cs) != 1 {
+			t.Fatalf("first batch: %d, %v", len(cs), err)
+		}
+		keep := string(cs[0].Raw)
+		r.Feed([]byte("a\r\n" + enc("ECHO", "b")))
+		if string(cs[0].Raw) != keep {
+			t.Fatal("Feed moved a returned command")
+		}
+		var got [][]string
+		for err == nil {
+			cs, err = r.ReadBatch()
+			for _, c := range cs {
+				a := make([]string, len(c.Args))
+				for i := range c.Args {
+					a[i] = string(c.Args[i])
+				}
+				got = append(got, a)
+			}
+		}
+		var want [][]string
+		if strings.HasSuffix(first, "$1\r\n") {
+			want = cmds(args("ECHO", "a"), args("ECHO", "b"), ping)
+		} else {
+			// "a\r\n" alone is an inline command.
+			want = cmds(args("a"), args("ECHO", "b"), ping)
+		}
+		if !cmdsEqual(got, want) || !errors.Is(err, io.EOF) {
+			t.Errorf("after Feed: %q, %v; want %q", got, err, want)
+		}
+	}
+}

@@ -1,0 +1,224 @@
+package cluster
+
+import (
+	"bytes"
+	"net"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Subscriber holds shard-channel subscriptions (SSUBSCRIBE) on one connection per primary and
+// calls OnMessage with the channel of every message. Subscriptions follow their slot when it
+// moves and are re-made after a connection fails; a background loop checks every half second.
+// Safe for concurrent use.
+type Subscriber struct {
+	pool      *Pool
+	onMessage func(channel []byte)
+
+	mu       sync.Mutex
+	conns    map[*Node]*subConn
+	channels map[string]*subscription
+	stop     chan struct{}
+	wg       sync.WaitGroup
+}
+
+type subscription struct {
+	slot uint16
+	refs int
+	on   *subConn // nil until subscribed
+}
+
+type subConn struct {
+	node *Node
+	conn net.Conn
+}
+
+// NewSubscriber starts a subscriber; Close stops it.
+func (p *Pool) NewSubscriber(onMessage func(channel []byte)) *Subscriber {
+	s := &Subscriber{
+		pool:      p,
+		onMessage: onMessage,
+		conns:     map[*Node]*subConn{},
+		channels:  map[string]*subscription{},
+		stop:      make(chan struct{}),
+	}
+	s.wg.Add(1)
+	go s.repairLoop()
+	return s
+}
+
+// Subscribe adds a reference to channel, which hashes to slot, subscribing on first use.
+func (s *Subscriber) Subscribe(channel string, slot uint16) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sub := s.channels[channel]
+	if sub == nil {
+		sub = &subscription{slot: slot}
+		s.channels[channel] = sub
+	}
+	sub.refs++
+	if sub.on == nil {
+		s.bindLocked(channel, sub)
+	}
+}
+
+// Unsubscribe drops a reference, unsubscribing with the last one.
+func (s *Subscriber) Unsubscribe(channel string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sub := s.channels[channel]
+	if sub == nil {
+		return
+	}
+	if sub.refs--; sub.refs > 0 {
+		return
+	}
+	delete(s.channels, channel)
+	if sub.on != nil {
+		s.writeLocked(sub.on, "SUNSUBSCRIBE", channel)
+	}
+}
+
+// bindLocked subscribes channel on the connection to its slot's primary.
+func (s *Subscriber) bindLocked(channel string, sub *subscription) {
+	n := s.pool.slots[sub.slot].Load()
+	if n == nil {
+		return
+	}
+	sc := s.conns[n]
+	if sc == nil {
+		conn, err := s.pool.dial(n.Addr)
+		if err != nil {
+			s.pool.log.Debug("subscriber: dial failed", zap.String("node", n.Addr), zap.Error(err))
+			return
+		}
+		sc = &subConn{node: n, conn: conn}
+		s.conns[n] = sc
+		s.wg.Add(1)
+		go s.readLoop(sc)
+	}
+	if s.writeLocked(sc, "SSUBSCRIBE", channel) {
+		sub.on = sc
+	}
+}
+
+func (s *Subscriber) writeLocked(sc *subConn, cmd, channel string) bool {
+	_ = sc.conn.SetWriteDeadline(time.Now().Add(s.pool.opts.DialTimeout))
+	if _, err := sc.conn.Write(AppendCommand(nil, cmd, channel)); err != nil {
+		_ = sc.conn.Close()
+		return false
+	}
+	return true
+}
+
+var (
+	smessage     = []byte("smessage")
+	sunsubscribe = []byte("sunsubscribe")
+)
+
+// readLoop delivers messages until the connection fails, then marks its channels for repair.
+func (s *Subscriber) readLoop(sc *subConn) {
+	defer s.wg.Done()
+	buf := make([]byte, 16<<10)
+	r, w := 0, 0
+	var elems [][]byte
+	for {
+		for r < w {
+			l, err := ReplyLen(buf[r:w])
+			if err != nil {
+				w = -1
+				break
+			}
+			if l == 0 {
+				break
+			}
+			elems, _ = ArrayElems(buf[r:r+l], elems[:0])
+			if len(elems) >= 3 {
+				kind := BulkValue(elems[0])
+				ch := BulkValue(elems[1])
+				switch {
+				case bytes.Equal(kind, smessage):
+					s.onMessage(ch)
+				case bytes.Equal(kind, sunsubscribe):
+					// The server dropped us (the slot moved) or we asked: repair decides.
+					s.unbound(sc, string(ch))
+				}
+			}
+			r += l
+		}
+		if w < 0 {
+			break
+		}
+		if r > 0 {
+			w = copy(buf, buf[r:w])
+			r = 0
+		}
+		if w == len(buf) {
+			nb := make([]byte, 2*len(buf))
+			copy(nb, buf)
+			buf = nb
+		}
+		k, err := sc.conn.Read(buf[w:])
+		if err != nil {
+			break
+		}
+		w += k
+	}
+	_ = sc.conn.Close()
+	s.mu.Lock()
+	if s.conns[sc.node] == sc {
+		delete(s.conns, sc.node)
+	}
+	for _, sub := range s.channels {
+		if sub.on == sc {
+			sub.on = nil
+		}
+	}
+	s.mu.Unlock()
+}
+
+func (s *Subscriber) unbound(sc *subConn, channel string) {
+	s.mu.Lock()
+	if sub := s.channels[channel]; sub != nil && sub.on == sc {
+		sub.on = nil
+	}
+	s.mu.Unlock()
+}
+
+// repairLoop re-subscribes channels that lost their connection or whose slot moved.
+func (s *Subscriber) repairLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		for ch, sub := range s.channels {
+			if sub.on != nil && s.pool.slots[sub.slot].Load() != sub.on.node {
+				s.writeLocked(sub.on, "SUNSUBSCRIBE", ch)
+				sub.on = nil
+			}
+			if sub.on == nil {
+				s.bindLocked(ch, sub)
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// Close drops every subscription and connection.
+func (s *Subscriber) Close() {
+	close(s.stop)
+	s.mu.Lock()
+	for _, sc := range s.conns {
+		_ = sc.conn.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}

@@ -1,0 +1,726 @@
+package proxy
+
+import (
+	"crypto/rand"
+	"encoding/base32"
+	"errors"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/tidwall/redcon"
+	"go.uber.org/zap"
+
+	"github.com/valkey-lock-proxy/valkey-lock-proxy/cluster"
+	"github.com/valkey-lock-proxy/valkey-lock-proxy/commands"
+)
+
+// LockOptions configure the lock commands.
+type LockOptions struct {
+	commands.LockLimits
+	// KeyPrefix starts every lock and fence key ("lock:").
+	KeyPrefix string
+	// Replicas is how many replicas must acknowledge an acquisition; -1 means one when the
+	// shard has a replica, else none.
+	Replicas int
+	// ReplicaTimeout bounds the WAIT for those acknowledgements.
+	ReplicaTimeout time.Duration
+	// ProtectKeys refuses pass-through writes to lock and fence keys.
+	ProtectKeys bool
+	// Recheck bounds how long a waiter sleeps without news: a holder that is not a proxy
+	// releases without publishing.
+	Recheck time.Duration
+	// TokenCache is how many resources per connection remember their latest token, for
+	// UNLOCK without a token.
+	TokenCache int
+}
+
+// lockManager owns this proxy's waiters: FIFO queues per lock key, woken by local releases and
+// by releases other proxies publish on the lock's shard channel.
+type lockManager struct {
+	opts LockOptions
+	log  *zap.Logger
+	sub  *cluster.Subscriber
+
+	mu     sync.Mutex
+	queues map[string]*waitQueue
+
+	acquired      atomic.Int64
+	released      atomic.Int64
+	notAcquired   atomic.Int64
+	noReplicas    atomic.Int64
+	waitTimeouts  atomic.Int64
+	keepaliveLost atomic.Int64
+	waiting       atomic.Int64
+}
+
+type waitQueue struct {
+	waiters []*waiter
+}
+
+type waiter struct {
+	wake chan struct{}
+}
+
+func newLockManager(opts LockOptions, pool *cluster.Pool, log *zap.Logger) *lockManager {
+	m := &lockManager{opts: opts, log: log, queues: map[string]*waitQueue{}}
+	m.sub = pool.NewSubscriber(func(channel []byte) { m.wakeHead(string(channel)) })
+	return m
+}
+
+func (m *lockManager) close() { m.sub.Close() }
+
+// enqueue adds a waiter for key; the first waiter subscribes to the key's release channel.
+func (m *lockManager) enqueue(key string, slot uint16) *waiter {
+	w := &waiter{wake: make(chan struct{}, 1)}
+	m.mu.Lock()
+	q := m.queues[key]
+	if q == nil {
+		q = &waitQueue{}
+		m.queues[key] = q
+		m.sub.Subscribe(key, slot)
+	}
+	q.waiters = append(q.waiters, w)
+	m.mu.Unlock()
+	m.waiting.Add(1)
+	return w
+}
+
+// dequeue removes w; when w was the head, the next waiter becomes head and is woken to try.
+func (m *lockManager) dequeue(key string, w *waiter) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.waiting.Add(-1)
+	q := m.queues[key]
+	if q == nil {
+		return
+	}
+	for i, x := range q.waiters {
+		if x != w {
+			continue
+		}
+		q.waiters = append(q.waiters[:i], q.waiters[i+1:]...)
+		if i == 0 && len(q.waiters) > 0 {
+			notify(q.waiters[0])
+		}
+		break
+	}
+	if len(q.waiters) == 0 {
+		delete(m.queues, key)
+		m.sub.Unsubscribe(key)
+	}
+}
+
+func (m *lockManager) isHead(key string, w *waiter) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	q := m.queues[key]
+	return q != nil && len(q.waiters) > 0 && q.waiters[0] == w
+}
+
+// wakeHead tells the first waiter for key that the lock was released.
+func (m *lockManager) wakeHead(key string) {
+	m.mu.Lock()
+	if q := m.queues[key]; q != nil && len(q.waiters) > 0 {
+		notify(q.waiters[0])
+	}
+	m.mu.Unlock()
+}
+
+func (m *lockManager) waiters(key string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if q := m.queues[key]; q != nil {
+		return len(q.waiters)
+	}
+	return 0
+}
+
+func notify(w *waiter) {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// replicasFor is how many acknowledgements an acquisition in slot needs.
+func (m *lockManager) replicasFor(pool *cluster.Pool, slot uint16) int {
+	if m.opts.Replicas >= 0 {
+		return m.opts.Replicas
+	}
+	return min(pool.Replicas(slot), 1)
+}
+
+// lockState is a connection's part of the lock machinery.
+type lockState struct {
+	id       string
+	seq      uint64
+	tokens   *lru.Cache[string, string] // lock key -> latest token taken on this connection
+	keep     map[string]*keepalive
+	keepMu   sync.Mutex
+	steps    []lockStep
+	waitEx   *cluster.Exchange
+	watchBuf []byte
+}
+
+var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+// lockID returns the connection's client id: 128 random bits, so tokens are unique across
+// proxies and restarts.
+func (c *client) lockID() string {
+	if c.lk.id == "" {
+		var b [16]byte
+		_, _ = rand.Read(b[:])
+		c.lk.id = idEncoding.EncodeToString(b[:])
+	}
+	return c.lk.id
+}
+
+func (c *client) newToken() string {
+	c.lk.seq++
+	return c.lockID() + ":" + strconv.FormatUint(c.lk.seq, 10)
+}
+
+func (c *client) rememberToken(key, token string) {
+	if c.lk.tokens == nil {
+		c.lk.tokens, _ = lru.New[string, string](c.s.locks.opts.TokenCache)
+	}
+	c.lk.tokens.Add(key, token)
+}
+
+// lockKind tells what to make of a lock script's reply.
+type lockKind uint8
+
+const (
+	lkLock lockKind = iota
+	lkUnlock
+	lkRenew
+	lkInfo
+	lkSafeSet
+)
+
+// lockStep is a lock command planned into the current round.
+type lockStep struct {
+	kind   lockKind
+	step   int // index into client.steps
+	call   int // index into ex.Calls
+	script *commands.Script
+	keys   [][]byte
+	args   [][]byte
+	slot   uint16
+	key    string // the lock key
+	token  string
+	req    commands.LockRequest
+	acks   int
+}
+
+// planLockCommand parses a lock command and plans its script call. It reports whether the
+// command is a LOCK that may wait, which must end the round.
+func (c *client) planLockCommand(name string, args [][]byte) (barrier bool) {
+	m := c.s.locks
+	lim := m.opts.LockLimits
+	switch name {
+	case "lockid":
+		start := len(c.local)
+		c.local = redcon.AppendBulkString(c.local, c.lockID())
+		c.localReply(start)
+	case "lock":
+		req, e := commands.ParseLock(args, lim)
+		if e != "" {
+			c.localError(e)
+			return false
+		}
+		key := commands.LockKey(nil, m.opts.KeyPrefix, req.Resource)
+		slot := cluster.SlotOf(req.Resource)
+		token := string(req.Token)
+		if token == "" {
+			token = c.newToken()
+		}
+		fence := "0"
+		if req.Fence {
+			fence = "1"
+		}
+		ls := lockStep{kind: lkLock, script: commands.ScriptLock, slot: slot, key: string(key), token: token, req: req,
+			keys: [][]byte{key, commands.FenceKey(nil, m.opts.KeyPrefix, slot)},
+			args: [][]byte{[]byte(token), strconv.AppendInt(nil, req.TTL.Milliseconds(), 10), []byte(fence)},
+			acks: m.replicasFor(c.s.pool, slot)}
+		c.addLockStep(ls)
+		return req.Wait > 0
+	case "unlock":
+		req, e := commands.ParseUnlock(args)
+		if e != "" {
+			c.localError(e)
+			return false
+		}
+		key := string(commands.LockKey(nil, m.opts.KeyPrefix, req.Resource))
+		token := string(req.Token)
+		if req.Token == nil {
+			t, ok := "", false
+			if c.lk.tokens != nil {
+				t, ok = c.lk.tokens.Get(key)
+			}
+			if !ok {
+				c.localError("ERR UNLOCK without a token needs a lock taken on this connection; pass the token")
+				return false
+			}
+			token = t
+		}
+		c.addLockStep(lockStep{kind: lkUnlock, script: commands.ScriptUnlock, slot: cluster.SlotOf(req.Resource), key: key, token: token,
+			keys: [][]byte{[]byte(key)}, args: [][]byte{[]byte(token)}})
+	case "renew":
+		req, e := commands.ParseRenew(args, lim)
+		if e != "" {
+			c.localError(e)
+			return false
+		}
+		key := commands.LockKey(nil, m.opts.KeyPrefix, req.Resource)
+		c.addLockStep(lockStep{kind: lkRenew, script: commands.ScriptRenew, slot: cluster.SlotOf(req.Resource), key: string(key),
+			keys: [][]byte{key}, args: [][]byte{req.Token, strconv.AppendInt(nil, req.TTL.Milliseconds(), 10)}})
+	case "lockinfo":
+		key := commands.LockKey(nil, m.opts.KeyPrefix, args[1])
+		c.addLockStep(lockStep{kind: lkInfo, script: commands.ScriptInfo, slot: cluster.SlotOf(args[1]), key: string(key),
+			keys: [][]byte{key}})
+	case "safeset":
+		req, e := commands.ParseSafeSet(args, lim)
+		if e != "" {
+			c.localError(e)
+			return false
+		}
+		key := commands.LockKey(nil, m.opts.KeyPrefix, req.Key)
+		mode, token := []byte("free"), []byte{}
+		if req.Token != nil {
+			mode, token = []byte("owner"), req.Token
+		}
+		sargs := append([][]byte{mode, token, req.Value}, req.Expiry...)
+		c.addLockStep(lockStep{kind: lkSafeSet, script: commands.ScriptSafeSet, slot: cluster.SlotOf(req.Key), key: string(key),
+			keys: [][]byte{key, req.Key}, args: sargs})
+	}
+	return false
+}
+
+func (c *client) addLockStep(ls lockStep) {
+	req := c.appendScriptCall(ls.script, true, ls.keys, ls.args)
+	ls.call = c.ex.Add(req, ls.slot)
+	if ls.kind == lkLock && ls.acks > 0 {
+		c.ex.Calls[ls.call].Acks = ls.acks
+	}
+	ls.step = len(c.steps)
+	c.steps = append(c.steps, step{kind: stepLock, a: len(c.lk.steps)})
+	c.lk.steps = append(c.lk.steps, ls)
+}
+
+// appendScriptCall encodes EVALSHA (or EVAL) of script into scratch and returns the request.
+func (c *client) appendScriptCall(s *commands.Script, sha bool, keys, args [][]byte) []byte {
+	start := len(c.scratch)
+	c.scratch = appendScript(c.scratch, s, sha, keys, args)
+	return c.scratch[start:len(c.scratch):len(c.scratch)]
+}
+
+func appendScript(b []byte, s *commands.Script, sha bool, keys, args [][]byte) []byte {
+	b = redcon.AppendArray(b, 3+len(keys)+len(args))
+	if sha {
+		b = redcon.AppendBulkString(b, "EVALSHA")
+		b = redcon.AppendBulkString(b, s.SHA)
+	} else {
+		b = redcon.AppendBulkString(b, "EVAL")
+		b = redcon.AppendBulkString(b, s.Body)
+	}
+	b = redcon.AppendBulkString(b, strconv.Itoa(len(keys)))
+	for _, k := range keys {
+		b = redcon.AppendBulk(b, k)
+	}
+	for _, a := range args {
+		b = redcon.AppendBulk(b, a)
+	}
+	return b
+}
+
+var noScript = []byte("-NOSCRIPT")
+
+func isNoScript(r []byte) bool {
+	return len(r) >= len(noScript) && string(r[:len(noScript)]) == string(noScript)
+}
+
+// retryNoScript re-sends as EVAL every lock call that met a node without the script (after a
+// failover or SCRIPT FLUSH); EVAL also caches it there.
+func (c *client) retryNoScript() {
+	var again *cluster.Exchange
+	var which []int
+	for i := range c.lk.steps {
+		ls := &c.lk.steps[i]
+		call := &c.ex.Calls[ls.call]
+		if call.Err != nil || !isNoScript(call.Reply) {
+			continue
+		}
+		if again == nil {
+			again = cluster.NewExchange()
+		}
+		req := appendScript(nil, ls.script, false, ls.keys, ls.args)
+		j := again.Add(req, ls.slot)
+		again.Calls[j].Acks = call.Acks
+		which = append(which, i)
+	}
+	if again == nil {
+		return
+	}
+	c.s.pool.Do(again)
+	for j, i := range which {
+		ls := &c.lk.steps[i]
+		c.ex.Calls[ls.call] = again.Calls[j]
+	}
+}
+
+// finishLocks turns the replies of the round's lock calls into client replies. A LOCK that
+// must wait is returned (at most one: it ends its round) for runBatch to wait on.
+func (c *client) finishLocks() (waiting *lockStep, pttl int64) {
+	if len(c.lk.steps) == 0 {
+		return nil, 0
+	}
+	c.retryNoScript()
+	for i := range c.lk.steps {
+		ls := &c.lk.steps[i]
+		call := &c.ex.Calls[ls.call]
+		start := len(c.local)
+		if call.Err != nil || (len(call.Reply) > 0 && call.Reply[0] == '-') {
+			c.local = c.appendCallReply(c.local, call)
+			c.steps[ls.step] = step{kind: stepLocal, a: start, b: len(c.local)}
+			continue
+		}
+		switch ls.kind {
+		case lkLock:
+			ok, n, good := parseLockReply(call.Reply)
+			switch {
+			case !good:
+				c.local = redcon.AppendError(c.local, "ERR proxy: unexpected reply to the lock script")
+			case ok:
+				c.local = c.lockAcquired(c.local, ls, call.Acked, n)
+			case ls.req.Wait > 0:
+				waiting, pttl = ls, n
+			default:
+				c.s.locks.notAcquired.Add(1)
+				c.local = redcon.AppendNull(c.local)
+			}
+		case lkUnlock:
+			if n, _ := cluster.IntValue(call.Reply); n == 1 {
+				c.released(ls.key, ls.token)
+			}
+			c.local = append(c.local, call.Reply...)
+		case lkInfo:
+			c.local = c.appendLockInfo(c.local, ls.key, call.Reply)
+		default:
+			c.local = append(c.local, call.Reply...)
+		}
+		c.steps[ls.step] = step{kind: stepLocal, a: start, b: len(c.local)}
+	}
+	return waiting, pttl
+}
+
+// parseLockReply reads the lock script's {1, fence} or {0, pttl}.
+func parseLockReply(r []byte) (acquired bool, n int64, ok bool) {
+	var buf [2][]byte
+	elems, good := cluster.ArrayElems(r, buf[:0])
+	if !good || len(elems) != 2 {
+		return false, 0, false
+	}
+	flag, ok1 := cluster.IntValue(elems[0])
+	n, ok2 := cluster.IntValue(elems[1])
+	return flag == 1, n, ok1 && ok2
+}
+
+// lockAcquired finishes a successful acquisition: replica check, bookkeeping, reply.
+func (c *client) lockAcquired(out []byte, ls *lockStep, acked int, fence int64) []byte {
+	m := c.s.locks
+	if ls.acks > 0 && acked < ls.acks {
+		// Not durable enough: give it back before anyone relies on it.
+		m.noReplicas.Add(1)
+		c.unlockNow(ls.key, ls.slot, ls.token)
+		return redcon.AppendError(out, "NOREPLICAS Not enough replicas acknowledged the lock")
+	}
+	m.acquired.Add(1)
+	c.rememberToken(ls.key, ls.token)
+	if ls.req.KeepAlive {
+		c.startKeepalive(ls.key, ls.slot, ls.token, ls.req.TTL)
+	}
+	if ls.req.Fence {
+		out = redcon.AppendArray(out, 2)
+		out = redcon.AppendBulkString(out, ls.token)
+		return redcon.AppendInt(out, fence)
+	}
+	return redcon.AppendBulkString(out, ls.token)
+}
+
+// released does the bookkeeping of a successful UNLOCK and wakes this proxy's next waiter.
+func (c *client) released(key, token string) {
+	c.s.locks.released.Add(1)
+	c.stopKeepalive(key, token)
+	c.s.locks.wakeHead(key)
+}
+
+// unlockNow releases a lock outside the pipeline (NOREPLICAS, a waiter that disconnected).
+func (c *client) unlockNow(key string, slot uint16, token string) bool {
+	ex := cluster.NewExchange()
+	ex.Add(appendScript(nil, commands.ScriptUnlock, false, [][]byte{[]byte(key)}, [][]byte{[]byte(token)}), slot)
+	c.s.pool.Do(ex)
+	if n, _ := cluster.IntValue(ex.Calls[0].Reply); n == 1 {
+		c.s.locks.wakeHead(key)
+		return true
+	}
+	return false
+}
+
+func (c *client) appendLockInfo(out []byte, key string, reply []byte) []byte {
+	var buf [2][]byte
+	elems, ok := cluster.ArrayElems(reply, buf[:0])
+	if !ok || len(elems) != 2 {
+		// nil: the lock is free.
+		return append(out, reply...)
+	}
+	ttl, _ := cluster.IntValue(elems[1])
+	out = redcon.AppendArray(out, 6)
+	out = redcon.AppendBulkString(out, "token")
+	out = append(out, elems[0]...)
+	out = redcon.AppendBulkString(out, "ttl-ms")
+	out = redcon.AppendInt(out, ttl)
+	out = redcon.AppendBulkString(out, "waiters")
+	return redcon.AppendInt(out, int64(c.s.locks.waiters(key)))
+}
+
+// waitForLock blocks this client (and only it) until the lock is taken, WAIT runs out, the
+// client disconnects or the proxy shuts down. It returns the reply to write, or nil when the
+// connection is gone.
+func (c *client) waitForLock(ls *lockStep, pttl int64, started time.Time) []byte {
+	m := c.s.locks
+	deadline := started.Add(ls.req.Wait)
+	w := m.enqueue(ls.key, ls.slot)
+	defer m.dequeue(ls.key, w)
+	gone, stopWatch := c.watchDisconnect()
+	defer stopWatch()
+	if c.lk.waitEx == nil {
+		c.lk.waitEx = cluster.NewExchange()
+	}
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
+	attempt := false
+	for {
+		now := time.Now()
+		if !now.Before(deadline) {
+			m.waitTimeouts.Add(1)
+			return redcon.AppendNull(nil)
+		}
+		if attempt && m.isHead(ls.key, w) {
+			ex := c.lk.waitEx
+			ex.Reset()
+			i := ex.Add(appendScript(nil, ls.script, true, ls.keys, ls.args), ls.slot)
+			ex.Calls[i].Acks = ls.acks
+			c.s.pool.Do(ex)
+			call := &ex.Calls[i]
+			if call.Err == nil && isNoScript(call.Reply) {
+				ex.Reset()
+				i = ex.Add(appendScript(nil, ls.script, false, ls.keys, ls.args), ls.slot)
+				ex.Calls[i].Acks = ls.acks
+				c.s.pool.Do(ex)
+				call = &ex.Calls[i]
+			}
+			if call.Err != nil || (len(call.Reply) > 0 && call.Reply[0] == '-') {
+				return c.appendCallReply(nil, call)
+			}
+			ok, n, good := parseLockReply(call.Reply)
+			if !good {
+				return redcon.AppendError(nil, "ERR proxy: unexpected reply to the lock script")
+			}
+			if ok {
+				select {
+				case <-gone:
+					// Taken for a client that has left: never leave it held.
+					c.unlockNow(ls.key, ls.slot, ls.token)
+					return nil
+				default:
+				}
+				return c.lockAcquired(nil, ls, call.Acked, n)
+			}
+			pttl = n
+		}
+		attempt = false
+		// Sleep until a release is announced, the holder's TTL runs out, the bounded re-check
+		// is due, or WAIT ends.
+		sleep := time.Until(deadline)
+		if m.isHead(ls.key, w) {
+			recheck := m.opts.Recheck
+			if pttl > 0 {
+				recheck = min(recheck, time.Duration(pttl)*time.Millisecond+time.Millisecond)
+			}
+			sleep = min(sleep, recheck)
+		}
+		timer.Reset(max(sleep, 0))
+		select {
+		case <-w.wake:
+			if !timer.Stop() {
+				<-timer.C
+			}
+			attempt = true
+		case <-timer.C:
+			attempt = time.Now().Before(deadline)
+		case <-gone:
+			return nil
+		case <-c.s.closingCh:
+			return redcon.AppendNull(nil)
+		}
+	}
+}
+
+// watchDisconnect reads the connection while the client goroutine is busy waiting, so that a
+// client that leaves is noticed at once. Bytes it reads are handed back to the request reader
+// when the watch stops. gone is closed when the client has disconnected.
+func (c *client) watchDisconnect() (gone <-chan struct{}, stop func()) {
+	ch := make(chan struct{})
+	done := make(chan []byte, 1)
+	go func() {
+		var got []byte
+		buf := make([]byte, 4096)
+		for len(got) < 64<<10 {
+			n, err := c.conn.Read(buf)
+			got = append(got, buf[:n]...)
+			if err != nil {
+				if !isTimeout(err) {
+					close(ch)
+				}
+				break
+			}
+		}
+		done <- got
+	}()
+	return ch, func() {
+		_ = c.conn.SetReadDeadline(time.Unix(1, 0))
+		got := <-done
+		_ = c.conn.SetReadDeadline(time.Time{})
+		c.rd.Feed(got)
+		select {
+		case <-ch:
+			c.quitting = true
+		default:
+		}
+	}
+}
+
+// keepalive renews one lock taken with KEEPALIVE while its connection stays open.
+type keepalive struct {
+	c       *client
+	key     string
+	slot    uint16
+	token   string
+	ttl     time.Duration
+	mu      sync.Mutex
+	timer   *time.Timer
+	stopped bool
+}
+
+func (c *client) startKeepalive(key string, slot uint16, token string, ttl time.Duration) {
+	ka := &keepalive{c: c, key: key, slot: slot, token: token, ttl: ttl}
+	c.lk.keepMu.Lock()
+	if c.lk.keep == nil {
+		c.lk.keep = map[string]*keepalive{}
+	}
+	if old := c.lk.keep[key]; old != nil {
+		old.stop()
+	}
+	c.lk.keep[key] = ka
+	c.lk.keepMu.Unlock()
+	ka.mu.Lock()
+	ka.timer = time.AfterFunc(ttl/3, ka.renew)
+	ka.mu.Unlock()
+}
+
+func (ka *keepalive) stop() {
+	ka.mu.Lock()
+	ka.stopped = true
+	if ka.timer != nil {
+		ka.timer.Stop()
+	}
+	ka.mu.Unlock()
+}
+
+func (ka *keepalive) renew() {
+	ka.mu.Lock()
+	if ka.stopped {
+		ka.mu.Unlock()
+		return
+	}
+	ka.mu.Unlock()
+	c := ka.c
+	ex := cluster.NewExchange()
+	ttl := strconv.FormatInt(ka.ttl.Milliseconds(), 10)
+	ex.Add(appendScript(nil, commands.ScriptRenew, false, [][]byte{[]byte(ka.key)}, [][]byte{[]byte(ka.token), []byte(ttl)}), ka.slot)
+	c.s.pool.Do(ex)
+	call := ex.Calls[0]
+	next := ka.ttl / 3
+	if call.Err == nil {
+		if n, ok := cluster.IntValue(call.Reply); ok && n == 0 {
+			c.s.locks.keepaliveLost.Add(1)
+			c.s.log.Warn("keepalive: lock lost before renewal", zap.String("key", ka.key), zap.Int64("client", c.id))
+			c.lk.keepMu.Lock()
+			if c.lk.keep[ka.key] == ka {
+				delete(c.lk.keep, ka.key)
+			}
+			c.lk.keepMu.Unlock()
+			return
+		}
+	} else {
+		// Transport trouble: try again sooner, while the lease still runs.
+		next = ka.ttl / 6
+		c.s.log.Debug("keepalive: renewal failed", zap.String("key", ka.key), zap.Error(call.Err))
+	}
+	ka.mu.Lock()
+	if !ka.stopped {
+		ka.timer = time.AfterFunc(max(next, time.Millisecond), ka.renew)
+	}
+	ka.mu.Unlock()
+}
+
+// stopKeepalive stops renewing key when token (or any token, if empty) holds it.
+func (c *client) stopKeepalive(key, token string) {
+	c.lk.keepMu.Lock()
+	ka := c.lk.keep[key]
+	if ka != nil && (token == "" || ka.token == token) {
+		delete(c.lk.keep, key)
+	} else {
+		ka = nil
+	}
+	c.lk.keepMu.Unlock()
+	if ka != nil {
+		ka.stop()
+	}
+}
+
+// releaseKeepalives frees every KEEPALIVE lock of a closing connection.
+func (c *client) releaseKeepalives() {
+	c.lk.keepMu.Lock()
+	kas := c.lk.keep
+	c.lk.keep = nil
+	c.lk.keepMu.Unlock()
+	if len(kas) == 0 {
+		return
+	}
+	list := make([]*keepalive, 0, len(kas))
+	ex := cluster.NewExchange()
+	for _, ka := range kas {
+		ka.stop()
+		list = append(list, ka)
+		ex.Add(appendScript(nil, commands.ScriptUnlock, false, [][]byte{[]byte(ka.key)}, [][]byte{[]byte(ka.token)}), ka.slot)
+	}
+	c.s.pool.Do(ex)
+	for i, ka := range list {
+		if n, _ := cluster.IntValue(ex.Calls[i].Reply); n == 1 {
+			c.s.locks.released.Add(1)
+			c.s.locks.wakeHead(ka.key)
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
