@@ -22,6 +22,8 @@ type Call struct {
 	Acked int
 	// Reply is the raw reply, valid until the Exchange is used again. Nil when Err is set.
 	Reply []byte
+	// from is the address of the node that sent Reply.
+	from string
 	// Err is a transport failure or ErrNoSlot.
 	Err error
 }
@@ -105,6 +107,7 @@ func (p *Pool) Do(ex *Exchange) {
 			}
 			c.Reply = o.buf[start:o.ends[j]:o.ends[j]]
 			c.Acked = o.acks
+			c.from = o.node.Addr
 			if c.Node == nil && isRedirect(c.Reply) {
 				redirected = true
 			}
@@ -133,6 +136,9 @@ func isRedirect(r []byte) bool {
 			bytes.HasPrefix(r, []byte("-TRYAGAIN")))
 }
 
+// tryAgainText is the only TRYAGAIN Valkey sends; other texts (a script's) are not retried.
+const tryAgainText = "TRYAGAIN Multiple keys request during rehashing of slot"
+
 type redirect struct {
 	ask, tryAgain bool
 	slot          uint16
@@ -147,7 +153,7 @@ func parseRedirect(r []byte, from string) (redirect, bool) {
 		return redirect{}, false
 	}
 	line = line[1:]
-	if line == "TRYAGAIN" || len(line) > 9 && line[:9] == "TRYAGAIN " {
+	if line == tryAgainText {
 		return redirect{tryAgain: true}, true
 	}
 	f := splitFields(line)
@@ -188,10 +194,18 @@ func splitFields(s string) []string {
 }
 
 // tryAgainBudget bounds how long a command answered TRYAGAIN is retried: long enough for a
-// slot migration to move a batch of keys.
-const tryAgainBudget = 5 * time.Second
+// slot migration to move a batch of keys. maxHops bounds the re-sends of one command whatever
+// the redirects say, so that a script returning a redirect-shaped error cannot make the proxy
+// run it over and over.
+const (
+	tryAgainBudget = 5 * time.Second
+	maxHops        = 64
+)
 
 // followRedirects re-sends, one at a time and in order, every call whose reply was a redirect.
+// A redirect is followed only to a primary of the current topology (refreshed once when the
+// address is new) and never to the node that sent it; anything else reaches the client as the
+// error it is.
 func (p *Pool) followRedirects(ex *Exchange) {
 	var retry Exchange
 	retry.wake = make(chan struct{}, 1)
@@ -201,24 +215,14 @@ func (p *Pool) followRedirects(ex *Exchange) {
 		if c.Err != nil || c.Node != nil || !isRedirect(c.Reply) {
 			continue
 		}
-		from := ""
-		if n := p.slots[c.Slot].Load(); n != nil {
-			from = n.Addr
-		}
+		from := c.from
 		backoff := 5 * time.Millisecond
 		deadline := time.Now().Add(tryAgainBudget)
 		moves := 0
-		for {
+		for hops := 0; hops < maxHops && time.Now().Before(deadline); hops++ {
 			rd, ok := parseRedirect(c.Reply, from)
-			if !ok || time.Now().After(deadline) {
+			if !ok {
 				break
-			}
-			if !rd.tryAgain && !rd.ask {
-				// Only MOVED can loop between nodes that disagree; ASK and TRYAGAIN are
-				// bounded by the deadline while a migration finishes.
-				if moves++; moves > p.opts.MaxRedirects {
-					break
-				}
 			}
 			var target *Node
 			switch {
@@ -227,12 +231,18 @@ func (p *Pool) followRedirects(ex *Exchange) {
 				time.Sleep(backoff)
 				backoff = min(2*backoff, 100*time.Millisecond)
 				target = p.slots[c.Slot].Load()
-			case rd.ask:
-				target = p.node(rd.addr)
 			default:
-				target = p.node(rd.addr)
-				p.slots[rd.slot].Store(target)
-				p.requestRefresh()
+				moves++
+				if !rd.ask {
+					p.requestRefresh()
+				}
+				// Past the hop limit, or pointing back at the node that answered, a redirect
+				// is not followed.
+				if moves <= p.opts.MaxRedirects {
+					if target = p.primaryAt(rd.addr); target != nil && target.Addr == from {
+						target = nil
+					}
+				}
 			}
 			if target == nil {
 				break
@@ -267,6 +277,23 @@ func (p *Pool) followRedirects(ex *Exchange) {
 			}
 		}
 	}
+}
+
+// primaryAt returns the primary listening at addr, refreshing the topology once if none is
+// known there (a failover may have promoted a node the proxy has not heard of).
+func (p *Pool) primaryAt(addr string) *Node {
+	for _, n := range p.Primaries() {
+		if n.Addr == addr {
+			return n
+		}
+	}
+	p.refreshSync()
+	for _, n := range p.Primaries() {
+		if n.Addr == addr {
+			return n
+		}
+	}
+	return nil
 }
 
 // ErrIsUpstream reports whether err is a transport failure.

@@ -50,6 +50,9 @@ type Pool struct {
 	slots      [SlotCount]atomic.Pointer[Node]
 	primaries  atomic.Pointer[[]*Node]
 
+	syncMu   sync.Mutex
+	lastSync time.Time
+
 	mu    sync.Mutex
 	nodes map[string]*Node
 	acks  map[*Node]*Node
@@ -315,6 +318,22 @@ func (p *Pool) watchdog() {
 			}
 		}
 	}
+}
+
+// refreshSync re-reads the slot map now, unless another refresh finished in the last 100 ms;
+// concurrent callers share one refresh.
+func (p *Pool) refreshSync() {
+	p.syncMu.Lock()
+	defer p.syncMu.Unlock()
+	if time.Since(p.lastSync) < 100*time.Millisecond {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), p.opts.Timeout)
+	defer cancel()
+	if err := p.refresh(ctx); err != nil {
+		p.log.Warn("topology refresh failed", zap.Error(err))
+	}
+	p.lastSync = time.Now()
 }
 
 // refresh re-reads the slot map.

@@ -96,6 +96,8 @@ func TestParseRedirect(t *testing.T) {
 		{"-ERR MOVED 1 127.0.0.1:1\r\n", false, redirect{}},
 		{"+MOVED 1 127.0.0.1:1\r\n", false, redirect{}},
 		{"-TRYAGAINX\r\n", false, redirect{}},
+		{"-TRYAGAIN x\r\n", false, redirect{}},
+		{"-TRYAGAIN\r\n", false, redirect{}},
 	}
 	for _, tt := range tests {
 		got, ok := parseRedirect([]byte(tt.in), "10.0.0.9:6379")
