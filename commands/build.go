@@ -27,7 +27,7 @@ var DefaultDenied = []string{
 // localNames are answered by the proxy.
 var localNames = []string{
 	"ping", "echo", "quit", "reset", "hello", "auth", "select", "client", "readonly",
-	"readwrite", "asking", "info", "cluster", "dbsize",
+	"readwrite", "asking", "info", "cluster", "dbsize", "command",
 }
 
 var splitNames = []string{"mget", "mset", "del", "unlink", "exists", "touch"}

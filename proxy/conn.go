@@ -31,10 +31,11 @@ const (
 type mergeKind uint8
 
 const (
-	mergeSum  mergeKind = iota // integer replies added up (DEL, EXISTS, DBSIZE ...)
-	mergeOK                    // +OK from every part (MSET)
-	mergeMGet                  // arrays scattered back into the client's key order
-	mergeInfo                  // INFO: upstream server section, proxy section, keyspace sum
+	mergeSum     mergeKind = iota // integer replies added up (DEL, EXISTS, DBSIZE ...)
+	mergeOK                       // +OK from every part (MSET)
+	mergeMGet                     // arrays scattered back into the client's key order
+	mergeInfo                     // INFO: upstream server section, proxy section, keyspace sum
+	mergeCommand                  // COMMAND and its subcommands, with the lock commands added
 )
 
 type step struct {
@@ -45,6 +46,8 @@ type step struct {
 	pa, pb int
 	// For mergeInfo: which sections were asked for.
 	info infoSections
+	// For mergeCommand: the request's arguments.
+	args [][]byte
 }
 
 // client is one downstream connection. Everything in it is owned by its goroutine, except the

@@ -57,9 +57,16 @@ func (c *client) runLocal(spec *commands.Spec, args [][]byte) {
 	case "info":
 		c.planInfo(args)
 		return
+	case "command", "command|count", "command|info", "command|docs", "command|list":
+		c.planCommand(args)
+		return
 	default:
 		if strings.HasPrefix(spec.Name, "client|") {
 			c.clientCommand(spec.Name[len("client|"):], args)
+		} else if strings.HasPrefix(spec.Name, "command|") {
+			// GETKEYS, HELP ...: the upstream answers.
+			c.planCommand(args)
+			return
 		} else if strings.HasPrefix(spec.Name, "cluster|") {
 			c.local = redcon.AppendError(c.local, errClusterDisabled)
 		} else {

@@ -144,6 +144,8 @@ func (c *client) merge(out []byte, st *step) []byte {
 		return out
 	case mergeInfo:
 		return c.mergeInfo(out, st, calls)
+	case mergeCommand:
+		return c.mergeCommand(out, st, calls[0].Reply)
 	}
 	return out
 }
