@@ -40,6 +40,9 @@ type Node struct {
 	waitTimeout int64
 	replicas    atomic.Int32
 
+	writerOnce sync.Once
+	kick       chan struct{}
+
 	// lastProgress is the coarse time (pool clock) of the last read, or of the moment the queue
 	// stopped being empty; the watchdog closes a connection that makes no progress.
 	lastProgress atomic.Int64
@@ -145,14 +148,49 @@ func (n *Node) submit(o *op) {
 	if len(n.queue) == n.head {
 		n.lastProgress.Store(n.pool.now())
 	}
+	busy := n.outstanding.Add(1) > 1
 	n.queue = append(n.queue, o)
-	n.outstanding.Add(1)
 	if n.writing {
 		n.mu.Unlock()
 		return
 	}
 	n.writing = true
-	n.flushLocked(writeRounds)
+	if !busy {
+		// An idle connection: write at once, for the lowest latency.
+		n.flushLocked(writeRounds)
+		return
+	}
+	// Requests are in flight: let the node's writer take this one together with whatever
+	// other clients add in the meantime, in one write.
+	n.mu.Unlock()
+	n.kickWriter()
+}
+
+// kickWriter wakes the node's writer goroutine, starting it on first use.
+func (n *Node) kickWriter() {
+	n.writerOnce.Do(func() {
+		n.kick = make(chan struct{}, 1)
+		n.pool.wg.Add(1)
+		go n.writeLoop()
+	})
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
+}
+
+// writeLoop flushes on request until the pool stops.
+func (n *Node) writeLoop() {
+	defer n.pool.wg.Done()
+	for {
+		select {
+		case <-n.pool.stop:
+			return
+		case <-n.kick:
+		}
+		n.mu.Lock()
+		n.flushLocked(-1)
+	}
 }
 
 // appendWaitLocked covers every acquisition written since the last WAIT with one WAIT on the
@@ -177,10 +215,7 @@ func (n *Node) flushLocked(rounds int) {
 	for len(n.wbuf) > 0 && conn != nil {
 		if rounds == 0 {
 			n.mu.Unlock()
-			go func() {
-				n.mu.Lock()
-				n.flushLocked(-1)
-			}()
+			n.kickWriter()
 			return
 		}
 		rounds--

@@ -77,9 +77,14 @@ func main() {
 func parseFlags(argv []string) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.StringVar(&c.cluster, "cluster", "127.0.0.1:7201", "seed node host:port for direct runs (valkey-benchmark --cluster)")
+	defCluster, defUpstream := "127.0.0.1:7101", "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
+	if a := strings.Split(os.Getenv("VLP_CLUSTER_ADDRS"), ","); len(a) >= 3 {
+		// As exported by integration/cluster.sh env (make bench).
+		defCluster, defUpstream = a[0], strings.Join(a[:3], ",")
+	}
+	fs.StringVar(&c.cluster, "cluster", defCluster, "seed node host:port for direct runs (valkey-benchmark --cluster)")
 	fs.StringVar(&c.proxyBin, "proxy-bin", "bin/valkey-lock-proxy", "proxy binary to start")
-	fs.StringVar(&c.upstream, "upstream", "127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203", "--upstream for the proxy")
+	fs.StringVar(&c.upstream, "upstream", defUpstream, "--upstream for the proxy")
 	fs.StringVar(&c.benchBin, "valkey-benchmark", "valkey-benchmark", "valkey-benchmark binary")
 	fs.IntVar(&c.rounds, "rounds", 3, "rounds; each runs every cell direct and through the proxy")
 	fs.IntVar(&c.requests, "requests", 100000, "requests per valkey-benchmark run (-n)")
