@@ -59,6 +59,9 @@ type Config struct {
 		RefreshInterval Duration `yaml:"refresh-interval"`
 		// MaxRedirects bounds MOVED/ASK/TRYAGAIN handling per command.
 		MaxRedirects int `yaml:"max-redirects"`
+		// MaxPinned caps, per node, the connections clients hold for themselves (WATCH,
+		// blocking commands, subscriptions).
+		MaxPinned int `yaml:"max-pinned"`
 	} `yaml:"upstream"`
 	Limits struct {
 		MaxClients     int  `yaml:"max-clients"`
@@ -113,6 +116,7 @@ func defaultConfig() Config {
 	c.Upstream.Timeout = Duration(10 * time.Second)
 	c.Upstream.RefreshInterval = Duration(10 * time.Second)
 	c.Upstream.MaxRedirects = 5
+	c.Upstream.MaxPinned = 1000
 	c.Limits.MaxClients = 10000
 	c.Limits.MaxArgs = 1 << 20
 	c.Limits.MaxBulk = 512 << 20
@@ -189,6 +193,7 @@ func (c *Config) validate() error {
 		{"upstream.connect-timeout", int64(c.Upstream.ConnectTimeout)},
 		{"upstream.timeout", int64(c.Upstream.Timeout)},
 		{"upstream.max-redirects", int64(c.Upstream.MaxRedirects)},
+		{"upstream.max-pinned", int64(c.Upstream.MaxPinned)},
 		{"limits.max-clients", int64(c.Limits.MaxClients)},
 		{"limits.max-args", int64(c.Limits.MaxArgs)},
 		{"limits.max-bulk", int64(c.Limits.MaxBulk)},

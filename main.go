@@ -96,6 +96,7 @@ func run(ctx context.Context, argv []string, stdout io.Writer) error {
 		Timeout:         time.Duration(cfg.Upstream.Timeout),
 		RefreshInterval: time.Duration(cfg.Upstream.RefreshInterval),
 		MaxRedirects:    cfg.Upstream.MaxRedirects,
+		MaxPinned:       cfg.Upstream.MaxPinned,
 		WaitTimeout:     time.Duration(cfg.Locks.ReplicaTimeout),
 		Logger:          log,
 	}, time.Duration(cfg.Upstream.ConnectTimeout))

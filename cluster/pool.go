@@ -35,6 +35,8 @@ type Options struct {
 	MaxRedirects int
 	// WaitTimeout is the timeout of the WAIT that follows acknowledged writes.
 	WaitTimeout time.Duration
+	// MaxPinned caps the dedicated connections clients may hold per node (0: no cap).
+	MaxPinned int
 	// Logger receives topology changes and connection failures.
 	Logger *zap.Logger
 }
@@ -56,6 +58,7 @@ type Pool struct {
 	mu    sync.Mutex
 	nodes map[string]*Node
 	acks  map[*Node]*Node
+	pins  map[*Node]*pinnedPool
 
 	clock     atomic.Int64
 	refreshCh chan struct{}
@@ -110,6 +113,7 @@ func New(ctx context.Context, opts Options) (*Pool, error) {
 		standalone: rc.Mode() != rueidis.ClientModeCluster,
 		nodes:      map[string]*Node{},
 		acks:       map[*Node]*Node{},
+		pins:       map[*Node]*pinnedPool{},
 		refreshCh:  make(chan struct{}, 1),
 		stop:       make(chan struct{}),
 	}
@@ -320,6 +324,9 @@ func (p *Pool) watchdog() {
 	}
 }
 
+// RefreshNow re-reads the slot map before returning (sharing a refresh that just ran).
+func (p *Pool) RefreshNow() { p.refreshSync() }
+
 // refreshSync re-reads the slot map now, unless another refresh finished in the last 100 ms;
 // concurrent callers share one refresh.
 func (p *Pool) refreshSync() {
@@ -435,7 +442,17 @@ func (p *Pool) Close() {
 		for _, n := range p.acks {
 			nodes = append(nodes, n)
 		}
+		var idle []*Conn
+		for _, pp := range p.pins {
+			pp.mu.Lock()
+			idle = append(idle, pp.idle...)
+			pp.idle = nil
+			pp.mu.Unlock()
+		}
 		p.mu.Unlock()
+		for _, c := range idle {
+			c.Close()
+		}
 		for _, n := range nodes {
 			n.close()
 		}

@@ -962,26 +962,6 @@ var intentionalDifferences = []intentionalDiff{
 		why:   "SWAPDB is denied by the default policy",
 	},
 	{
-		args: []string{"BLPOP", "{vlpdiff}:nolist", "0.01"}, valkey: "*-1 after the timeout", noDirect: true,
-		proxy: "-ERR command 'blpop' needs a connection of its own, which this proxy does not support yet\r\n",
-		why:   "blocking commands are pinned to a connection of their own (not implemented yet)",
-	},
-	{
-		args: []string{"XREAD", "BLOCK", "10", "STREAMS", "{vlpdiff}:nostream", "$"}, valkey: "*-1 after the timeout", noDirect: true,
-		proxy: "-ERR command 'xread' needs a connection of its own, which this proxy does not support yet\r\n",
-		why:   "blocking commands are pinned to a connection of their own (not implemented yet)",
-	},
-	{
-		args: []string{"MULTI"}, valkey: "+OK", noDirect: true,
-		proxy: "-ERR command 'multi' needs a connection of its own, which this proxy does not support yet\r\n",
-		why:   "transactions are pinned to a connection of their own (not implemented yet)",
-	},
-	{
-		args: []string{"WATCH", "{vlpdiff}:k"}, valkey: "+OK", noDirect: true,
-		proxy: "-ERR command 'watch' needs a connection of its own, which this proxy does not support yet\r\n",
-		why:   "transactions are pinned to a connection of their own (not implemented yet)",
-	},
-	{
 		args: []string{"SUBSCRIBE", "vlpdiff-chan"}, valkey: "a subscribe confirmation", noDirect: true,
 		proxy: "-ERR command 'subscribe' needs a connection of its own, which this proxy does not support yet\r\n",
 		why:   "pub/sub is pinned to a connection of its own (not implemented yet)",

@@ -26,6 +26,7 @@ const (
 	stepCall                  // ex.Calls[a].Reply
 	stepMerge                 // ex.Calls[a:b] merged by merge
 	stepLock                  // lk.steps[a], turned into stepLocal by finishLocks
+	stepSync                  // c.sync: runs after the round's calls, ending the round
 )
 
 type mergeKind uint8
@@ -72,6 +73,8 @@ type client struct {
 	lastCmd  atomic.Int64
 	quitting bool
 	lk       lockState
+	tx       txState
+	sync     syncStep
 
 	mu          sync.Mutex
 	name        string
@@ -99,6 +102,7 @@ func (c *client) interrupt() { _ = c.conn.SetReadDeadline(time.Now()) }
 func (c *client) serve() {
 	defer func() {
 		_ = c.conn.Close()
+		c.endTx(false)
 		c.releaseKeepalives()
 	}()
 	for !c.quitting {
@@ -171,11 +175,22 @@ func (c *client) runBatch(cmds []resp.Command) bool {
 			c.s.pool.Do(c.ex)
 		}
 		waiting, pttl := c.finishLocks()
-		if waiting == nil {
+		last := len(c.steps) - 1
+		switch {
+		case last >= 0 && c.steps[last].kind == stepSync:
+			c.assemble(c.steps[:last])
+			if c.sync.blocks() && !c.flush() {
+				return false
+			}
+			reply := c.runSync()
+			if reply == nil {
+				return false
+			}
+			c.out = append(c.out, reply...)
+		case waiting == nil:
 			c.assemble(c.steps)
-		} else {
+		default:
 			// Answer what came before the LOCK, then block this client alone.
-			last := len(c.steps) - 1
 			c.assemble(c.steps[:last])
 			if !c.flush() {
 				return false
@@ -204,6 +219,9 @@ func (c *client) plan(cmd *resp.Command) (ok, barrier bool) {
 		return false, false
 	}
 	spec, errText := c.s.table.Lookup(args)
+	if c.tx.active {
+		return true, c.planInMulti(spec, errText, cmd)
+	}
 	if spec == nil {
 		c.localError(errText)
 		return true, false
@@ -224,7 +242,7 @@ func (c *client) plan(cmd *resp.Command) (ok, barrier bool) {
 			c.planRouted(spec, cmd)
 			return true, false
 		}
-		c.localError(errPinned(spec.Name))
+		return true, c.planPinned(spec, cmd)
 	case commands.Denied:
 		c.localError(errDenied(spec.Name))
 	case commands.FanOut:

@@ -161,6 +161,7 @@ func (c *client) proxySection() string {
 	kv("locks_wait_timeouts", strconv.FormatInt(lm.waitTimeouts.Load(), 10))
 	kv("locks_waiting_clients", strconv.FormatInt(lm.waiting.Load(), 10))
 	kv("locks_keepalive_lost", strconv.FormatInt(lm.keepaliveLost.Load(), 10))
+	kv("upstream_pinned_connections", strconv.Itoa(s.pool.PinnedInUse()))
 	kv("upstream_mode", mode)
 	kv("upstream_primaries", strconv.Itoa(len(addrs)))
 	kv("upstream_primary_addrs", strings.Join(addrs, ","))

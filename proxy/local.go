@@ -29,6 +29,7 @@ func (c *client) runLocal(spec *commands.Spec, args [][]byte) {
 		c.local = redcon.AppendOK(c.local)
 		c.quitting = true
 	case "reset":
+		c.endTx(false)
 		c.mu.Lock()
 		c.name, c.libName, c.libVer = "", "", ""
 		c.mu.Unlock()
