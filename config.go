@@ -71,6 +71,8 @@ type Config struct {
 		MaxQueryBuffer int  `yaml:"max-query-buffer"`
 		InlineCommands bool `yaml:"inline-commands"`
 		MaxBatch       int  `yaml:"max-batch"`
+		// SlowClientTimeout disconnects a subscriber that takes no message for this long.
+		SlowClientTimeout Duration `yaml:"slow-client-timeout"`
 	} `yaml:"limits"`
 	Policy struct {
 		Allow []string `yaml:"allow"`
@@ -124,6 +126,7 @@ func defaultConfig() Config {
 	c.Limits.MaxQueryBuffer = 1 << 30
 	c.Limits.InlineCommands = true
 	c.Limits.MaxBatch = 256
+	c.Limits.SlowClientTimeout = Duration(10 * time.Second)
 	c.Locks.KeyPrefix = "lock:"
 	c.Locks.DefaultTTL = Duration(10 * time.Second)
 	c.Locks.MaxTTL = Duration(24 * time.Hour)
@@ -200,6 +203,7 @@ func (c *Config) validate() error {
 		{"limits.max-inline", int64(c.Limits.MaxInline)},
 		{"limits.max-query-buffer", int64(c.Limits.MaxQueryBuffer)},
 		{"limits.max-batch", int64(c.Limits.MaxBatch)},
+		{"limits.slow-client-timeout", int64(c.Limits.SlowClientTimeout)},
 		{"locks.default-ttl", int64(c.Locks.DefaultTTL)},
 		{"locks.max-ttl", int64(c.Locks.MaxTTL)},
 		{"locks.max-wait", int64(c.Locks.MaxWait)},

@@ -118,10 +118,11 @@ func run(ctx context.Context, argv []string, stdout io.Writer) error {
 			MaxQuery:  cfg.Limits.MaxQueryBuffer,
 			Inline:    cfg.Limits.InlineCommands,
 		},
-		MaxClients: cfg.Limits.MaxClients,
-		MaxBatch:   cfg.Limits.MaxBatch,
-		Version:    version,
-		Logger:     log,
+		MaxClients:        cfg.Limits.MaxClients,
+		MaxBatch:          cfg.Limits.MaxBatch,
+		SlowClientTimeout: time.Duration(cfg.Limits.SlowClientTimeout),
+		Version:           version,
+		Logger:            log,
 		Locks: proxy.LockOptions{
 			LockLimits: commands.LockLimits{
 				DefaultTTL: time.Duration(cfg.Locks.DefaultTTL),

@@ -42,6 +42,7 @@ type Node struct {
 
 	writerOnce sync.Once
 	kick       chan struct{}
+	ackNext    atomic.Uint32
 
 	// lastProgress is the coarse time (pool clock) of the last read, or of the moment the queue
 	// stopped being empty; the watchdog closes a connection that makes no progress.

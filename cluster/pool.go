@@ -48,16 +48,17 @@ type Pool struct {
 	log  *zap.Logger
 	rc   rueidis.Client
 
-	standalone bool
-	slots      [SlotCount]atomic.Pointer[Node]
-	primaries  atomic.Pointer[[]*Node]
+	standalone   bool
+	slots        [SlotCount]atomic.Pointer[Node]
+	primaries    atomic.Pointer[[]*Node]
+	replicaNodes atomic.Pointer[[]*Node]
 
 	syncMu   sync.Mutex
 	lastSync time.Time
 
 	mu    sync.Mutex
 	nodes map[string]*Node
-	acks  map[*Node]*Node
+	acks  map[*Node][]*Node
 	pins  map[*Node]*pinnedPool
 
 	clock     atomic.Int64
@@ -112,7 +113,7 @@ func New(ctx context.Context, opts Options) (*Pool, error) {
 		rc:         rc,
 		standalone: rc.Mode() != rueidis.ClientModeCluster,
 		nodes:      map[string]*Node{},
-		acks:       map[*Node]*Node{},
+		acks:       map[*Node][]*Node{},
 		pins:       map[*Node]*pinnedPool{},
 		refreshCh:  make(chan struct{}, 1),
 		stop:       make(chan struct{}),
@@ -159,17 +160,25 @@ func (p *Pool) node(addr string) *Node {
 	return n
 }
 
-// ackNode returns the twin of n that carries writes followed by WAIT: a connection of its own,
+// ackTwins is how many acknowledged-write connections each node gets: while one waits for its
+// WAIT, acquisitions go out on the others.
+const ackTwins = 4
+
+// ackNode returns a twin of n that carries writes followed by WAIT: connections of their own,
 // so that a WAIT blocking on a slow replica never holds up other traffic to n.
 func (p *Pool) ackNode(n *Node) *Node {
+	i := int(n.ackNext.Add(1)) % ackTwins
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	t := p.acks[n]
-	if t == nil {
-		t = &Node{Addr: n.Addr, pool: p, waitTimeout: max(p.opts.WaitTimeout.Milliseconds(), 1)}
-		p.acks[n] = t
+	ts := p.acks[n]
+	if ts == nil {
+		ts = make([]*Node, ackTwins)
+		for k := range ts {
+			ts[k] = &Node{Addr: n.Addr, pool: p, waitTimeout: max(p.opts.WaitTimeout.Milliseconds(), 1)}
+		}
+		p.acks[n] = ts
 	}
-	return t
+	return ts[i]
 }
 
 // Replicas returns how many replicas the primary serving slot had at the last refresh.
@@ -313,8 +322,8 @@ func (p *Pool) watchdog() {
 			for _, n := range p.nodes {
 				nodes = append(nodes, n)
 			}
-			for _, n := range p.acks {
-				nodes = append(nodes, n)
+			for _, ts := range p.acks {
+				nodes = append(nodes, ts...)
 			}
 			p.mu.Unlock()
 			for _, n := range nodes {
@@ -360,7 +369,7 @@ func (p *Pool) refresh(ctx context.Context) error {
 	type span struct {
 		lo, hi   int64
 		addr     string
-		replicas int
+		replicas []string
 	}
 	var spans []span
 	for _, entry := range msg {
@@ -382,19 +391,39 @@ func (p *Pool) refresh(ctx context.Context) error {
 		if host == "" || host == "?" {
 			host, _, _ = net.SplitHostPort(p.opts.Seeds[0])
 		}
-		spans = append(spans, span{lo, hi, net.JoinHostPort(host, strconv.FormatInt(port, 10)), len(e) - 3})
+		var reps []string
+		for _, r := range e[3:] {
+			if re, err := r.ToArray(); err == nil && len(re) >= 2 {
+				rh, _ := re[0].ToString()
+				rp, err := re[1].AsInt64()
+				if err != nil {
+					continue
+				}
+				if rh == "" || rh == "?" {
+					rh = host
+				}
+				reps = append(reps, net.JoinHostPort(rh, strconv.FormatInt(rp, 10)))
+			}
+		}
+		spans = append(spans, span{lo, hi, net.JoinHostPort(host, strconv.FormatInt(port, 10)), reps})
 	}
 	if len(spans) == 0 {
 		return errors.New("CLUSTER SLOTS returned no slots")
 	}
 	seen := map[string]bool{}
-	var prim []*Node
+	var prim, reps []*Node
 	for _, s := range spans {
 		n := p.node(s.addr)
-		n.replicas.Store(int32(s.replicas))
+		n.replicas.Store(int32(len(s.replicas)))
 		if !seen[s.addr] {
 			seen[s.addr] = true
 			prim = append(prim, n)
+			for _, r := range s.replicas {
+				if !seen[r] {
+					seen[r] = true
+					reps = append(reps, p.node(r))
+				}
+			}
 		}
 		for i := s.lo; i <= s.hi; i++ {
 			if p.slots[i].Load() != n {
@@ -406,7 +435,17 @@ func (p *Pool) refresh(ctx context.Context) error {
 		p.log.Info("cluster topology", zap.Int("primaries", len(prim)), zap.Strings("nodes", nodeAddrs(prim)))
 	}
 	p.primaries.Store(&prim)
+	p.replicaNodes.Store(&reps)
 	return nil
+}
+
+// AllNodes returns the primaries and their replicas.
+func (p *Pool) AllNodes() []*Node {
+	out := append([]*Node(nil), p.Primaries()...)
+	if rs := p.replicaNodes.Load(); rs != nil {
+		out = append(out, *rs...)
+	}
+	return out
 }
 
 func samePrimaries(a, b []*Node) bool {
@@ -439,8 +478,8 @@ func (p *Pool) Close() {
 		for _, n := range p.nodes {
 			nodes = append(nodes, n)
 		}
-		for _, n := range p.acks {
-			nodes = append(nodes, n)
+		for _, ts := range p.acks {
+			nodes = append(nodes, ts...)
 		}
 		var idle []*Conn
 		for _, pp := range p.pins {

@@ -25,9 +25,10 @@ type Subscriber struct {
 }
 
 type subscription struct {
-	slot uint16
-	refs int
-	on   *subConn // nil until subscribed
+	slot  uint16
+	refs  int
+	on    *subConn      // nil until subscribed
+	ready chan struct{} // closed when the server confirmed the subscription
 }
 
 type subConn struct {
@@ -49,19 +50,22 @@ func (p *Pool) NewSubscriber(onMessage func(channel []byte)) *Subscriber {
 	return s
 }
 
-// Subscribe adds a reference to channel, which hashes to slot, subscribing on first use.
-func (s *Subscriber) Subscribe(channel string, slot uint16) {
+// Subscribe adds a reference to channel, which hashes to slot, subscribing on first use. The
+// returned channel is closed once the server has confirmed the subscription: from then on no
+// message on it can be missed.
+func (s *Subscriber) Subscribe(channel string, slot uint16) <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sub := s.channels[channel]
 	if sub == nil {
-		sub = &subscription{slot: slot}
+		sub = &subscription{slot: slot, ready: make(chan struct{})}
 		s.channels[channel] = sub
 	}
 	sub.refs++
 	if sub.on == nil {
 		s.bindLocked(channel, sub)
 	}
+	return sub.ready
 }
 
 // Unsubscribe drops a reference, unsubscribing with the last one.
@@ -115,6 +119,7 @@ func (s *Subscriber) writeLocked(sc *subConn, cmd, channel string) bool {
 
 var (
 	smessage     = []byte("smessage")
+	ssubscribe   = []byte("ssubscribe")
 	sunsubscribe = []byte("sunsubscribe")
 )
 
@@ -141,6 +146,8 @@ func (s *Subscriber) readLoop(sc *subConn) {
 				switch {
 				case bytes.Equal(kind, smessage):
 					s.onMessage(ch)
+				case bytes.Equal(kind, ssubscribe):
+					s.confirmed(sc, string(ch))
 				case bytes.Equal(kind, sunsubscribe):
 					// The server dropped us (the slot moved) or we asked: repair decides.
 					s.unbound(sc, string(ch))
@@ -174,6 +181,18 @@ func (s *Subscriber) readLoop(sc *subConn) {
 	for _, sub := range s.channels {
 		if sub.on == sc {
 			sub.on = nil
+		}
+	}
+	s.mu.Unlock()
+}
+
+func (s *Subscriber) confirmed(sc *subConn, channel string) {
+	s.mu.Lock()
+	if sub := s.channels[channel]; sub != nil && sub.on == sc {
+		select {
+		case <-sub.ready:
+		default:
+			close(sub.ready)
 		}
 	}
 	s.mu.Unlock()

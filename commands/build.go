@@ -39,7 +39,7 @@ var pinnedNames = []string{
 }
 
 // fanOutNames need every primary.
-var fanOutNames = []string{"keys", "scan", "randomkey", "script", "function"}
+var fanOutNames = []string{"keys", "scan", "randomkey", "script", "function", "flushall", "flushdb", "config", "pubsub"}
 
 // Load builds the table from the reply to COMMAND (RESP2 shape) and applies the policy.
 func Load(reply []rueidis.RedisMessage, pol Policy) (*Table, error) {

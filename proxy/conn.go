@@ -37,6 +37,14 @@ const (
 	mergeMGet                     // arrays scattered back into the client's key order
 	mergeInfo                     // INFO: upstream server section, proxy section, keyspace sum
 	mergeCommand                  // COMMAND and its subcommands, with the lock commands added
+	mergeConcat                   // arrays concatenated (KEYS)
+	mergeFirst                    // the first error, else the first reply (SCRIPT LOAD, FLUSHALL ...)
+	mergeRandom                   // a random non-nil reply (RANDOMKEY)
+	mergeAnd                      // element-wise AND of 0/1 arrays (SCRIPT EXISTS)
+	mergeKill                     // OK if any node killed it (SCRIPT KILL, FUNCTION KILL)
+	mergeScan                     // a node's SCAN reply with the proxy's cursor
+	mergeUnion                    // arrays merged without duplicates (PUBSUB CHANNELS)
+	mergeNumSub                   // name/count pairs summed (PUBSUB NUMSUB)
 )
 
 type step struct {
@@ -47,8 +55,10 @@ type step struct {
 	pa, pb int
 	// For mergeInfo: which sections were asked for.
 	info infoSections
-	// For mergeCommand: the request's arguments.
+	// For mergeCommand and EVALSHA: the request's arguments.
 	args [][]byte
+	// evalsha marks a client EVALSHA, retried after loading the script on NOSCRIPT.
+	evalsha bool
 }
 
 // client is one downstream connection. Everything in it is owned by its goroutine, except the
@@ -75,6 +85,9 @@ type client struct {
 	lk       lockState
 	tx       txState
 	sync     syncStep
+
+	hasEvalSHA bool
+	ps         *pubsubState
 
 	mu          sync.Mutex
 	name        string
@@ -103,6 +116,7 @@ func (c *client) serve() {
 	defer func() {
 		_ = c.conn.Close()
 		c.endTx(false)
+		c.endPubSub()
 		c.releaseKeepalives()
 	}()
 	for !c.quitting {
@@ -136,7 +150,15 @@ func (c *client) flush() bool {
 	if len(c.out) == 0 {
 		return true
 	}
-	_, err := c.conn.Write(c.out)
+	var err error
+	if c.ps != nil {
+		// Subscribed: upstream readers write messages to this connection too.
+		c.ps.wmu.Lock()
+		_, err = c.conn.Write(c.out)
+		c.ps.wmu.Unlock()
+	} else {
+		_, err = c.conn.Write(c.out)
+	}
 	if cap(c.out) > 1<<20 {
 		c.out = nil
 	} else {
@@ -158,6 +180,7 @@ func (c *client) runBatch(cmds []resp.Command) bool {
 		c.scratch = c.scratch[:0]
 		c.positions = c.positions[:0]
 		c.lk.steps = c.lk.steps[:0]
+		c.hasEvalSHA = false
 		c.ex.Reset()
 		started := time.Now()
 		n, closeNow, barrier := 0, false, false
@@ -173,6 +196,9 @@ func (c *client) runBatch(cmds []resp.Command) bool {
 		cmds = cmds[n:]
 		if len(c.ex.Calls) > 0 {
 			c.s.pool.Do(c.ex)
+			if c.hasEvalSHA {
+				c.retryEvalSHA()
+			}
 		}
 		waiting, pttl := c.finishLocks()
 		last := len(c.steps) - 1
@@ -219,6 +245,9 @@ func (c *client) plan(cmd *resp.Command) (ok, barrier bool) {
 		return false, false
 	}
 	spec, errText := c.s.table.Lookup(args)
+	if c.ps != nil {
+		return true, c.planSubscribed(spec, errText, cmd)
+	}
 	if c.tx.active {
 		return true, c.planInMulti(spec, errText, cmd)
 	}
@@ -246,7 +275,7 @@ func (c *client) plan(cmd *resp.Command) (ok, barrier bool) {
 	case commands.Denied:
 		c.localError(errDenied(spec.Name))
 	case commands.FanOut:
-		c.localError(errFanOutTodo(spec.Name))
+		c.planFanOut(spec, cmd)
 	}
 	return true, false
 }
@@ -293,6 +322,7 @@ func (c *client) planRouted(spec *commands.Spec, cmd *resp.Command) {
 	c.keys = spec.Keys(cmd.Args, c.keys[:0])
 	if len(c.keys) == 0 {
 		c.addCall(cmd, 0)
+		c.noteScript(spec, cmd.Args)
 		return
 	}
 	slot := cluster.SlotOf(cmd.Args[c.keys[0]])
@@ -307,6 +337,7 @@ func (c *client) planRouted(spec *commands.Spec, cmd *resp.Command) {
 		return
 	}
 	c.addCall(cmd, slot)
+	c.noteScript(spec, cmd.Args)
 }
 
 func (c *client) localError(text string) {
@@ -362,4 +393,16 @@ func (c *client) touchesLockKey(args [][]byte, keys []int) bool {
 		}
 	}
 	return false
+}
+
+// noteScript remembers EVAL bodies and marks EVALSHA calls for the NOSCRIPT retry.
+func (c *client) noteScript(spec *commands.Spec, args [][]byte) {
+	switch spec.Name {
+	case "eval", "eval_ro":
+		c.rememberScript(args[1])
+	case "evalsha", "evalsha_ro":
+		st := &c.steps[len(c.steps)-1]
+		st.evalsha, st.args = true, args
+		c.hasEvalSHA = true
+	}
 }

@@ -59,6 +59,7 @@ type lockManager struct {
 
 type waitQueue struct {
 	waiters []*waiter
+	ready   <-chan struct{}
 }
 
 type waiter struct {
@@ -74,18 +75,25 @@ func newLockManager(opts LockOptions, pool *cluster.Pool, log *zap.Logger) *lock
 func (m *lockManager) close() { m.sub.Close() }
 
 // enqueue adds a waiter for key; the first waiter subscribes to the key's release channel.
+// It returns once the subscription is confirmed (or after a short bound), so that a release
+// published after enqueue returns cannot be missed.
 func (m *lockManager) enqueue(key string, slot uint16) *waiter {
 	w := &waiter{wake: make(chan struct{}, 1)}
 	m.mu.Lock()
 	q := m.queues[key]
 	if q == nil {
-		q = &waitQueue{}
+		q = &waitQueue{ready: m.sub.Subscribe(key, slot)}
 		m.queues[key] = q
-		m.sub.Subscribe(key, slot)
 	}
 	q.waiters = append(q.waiters, w)
+	ready := q.ready
 	m.mu.Unlock()
 	m.waiting.Add(1)
+	select {
+	case <-ready:
+	case <-time.After(200 * time.Millisecond):
+		// The bounded re-check covers a subscription that is late.
+	}
 	return w
 }
 
@@ -247,6 +255,15 @@ func (c *client) planLockCommand(name string, args [][]byte) (barrier bool) {
 			keys: [][]byte{key, commands.FenceKey(nil, m.opts.KeyPrefix, slot)},
 			args: [][]byte{[]byte(token), strconv.AppendInt(nil, req.TTL.Milliseconds(), 10), []byte(fence)},
 			acks: m.replicasFor(c.s.pool, slot)}
+		if req.Wait > 0 && m.waiters(ls.key) > 0 {
+			// Clients of this proxy already wait for it: queue behind them, first come first
+			// served, instead of racing them for the next release.
+			ls.call = -1
+			ls.step = len(c.steps)
+			c.steps = append(c.steps, step{kind: stepLock, a: len(c.lk.steps)})
+			c.lk.steps = append(c.lk.steps, ls)
+			return true
+		}
 		c.addLockStep(ls)
 		return req.Wait > 0
 	case "unlock":
@@ -351,6 +368,9 @@ func (c *client) retryNoScript() {
 	var which []int
 	for i := range c.lk.steps {
 		ls := &c.lk.steps[i]
+		if ls.call < 0 {
+			continue
+		}
 		call := &c.ex.Calls[ls.call]
 		if call.Err != nil || !isNoScript(call.Reply) {
 			continue
@@ -382,6 +402,10 @@ func (c *client) finishLocks() (waiting *lockStep, pttl int64) {
 	c.retryNoScript()
 	for i := range c.lk.steps {
 		ls := &c.lk.steps[i]
+		if ls.call < 0 {
+			waiting, pttl = ls, 0
+			continue
+		}
 		call := &c.ex.Calls[ls.call]
 		start := len(c.local)
 		if call.Err != nil || (len(call.Reply) > 0 && call.Reply[0] == '-') {
@@ -504,7 +528,9 @@ func (c *client) waitForLock(ls *lockStep, pttl int64, started time.Time) []byte
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	<-timer.C
-	attempt := false
+	// Try once more now that this client is queued and subscribed: a release between the
+	// first attempt and now announced itself to nobody.
+	attempt := true
 	for {
 		now := time.Now()
 		if !now.Before(deadline) {

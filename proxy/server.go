@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"go.uber.org/zap"
 
 	"github.com/valkey-lock-proxy/valkey-lock-proxy/cluster"
@@ -27,8 +28,10 @@ type Options struct {
 	// Version is reported by INFO and HELLO.
 	Version string
 	// Locks configure the lock commands.
-	Locks  LockOptions
-	Logger *zap.Logger
+	Locks LockOptions
+	// SlowClientTimeout disconnects a subscriber that has not taken a message for this long.
+	SlowClientTimeout time.Duration
+	Logger            *zap.Logger
 }
 
 // Server accepts client connections and serves each on its own goroutine.
@@ -38,7 +41,9 @@ type Server struct {
 	pool  *cluster.Pool
 	table *commands.Table
 	locks *lockManager
-	start time.Time
+	// scripts maps the SHA1 of scripts seen in EVAL and SCRIPT LOAD to their bodies.
+	scripts *lru.Cache[string, string]
+	start   time.Time
 
 	upstreamVersion string
 
@@ -68,6 +73,9 @@ func NewServer(opts Options, pool *cluster.Pool, table *commands.Table, upstream
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
+	if opts.SlowClientTimeout <= 0 {
+		opts.SlowClientTimeout = 10 * time.Second
+	}
 	lo := &opts.Locks
 	if lo.KeyPrefix == "" {
 		lo.KeyPrefix = "lock:"
@@ -90,7 +98,9 @@ func NewServer(opts Options, pool *cluster.Pool, table *commands.Table, upstream
 	if lo.TokenCache <= 0 {
 		lo.TokenCache = 1024
 	}
+	scripts, _ := lru.New[string, string](4096)
 	return &Server{
+		scripts:         scripts,
 		locks:           newLockManager(opts.Locks, pool, opts.Logger),
 		closingCh:       make(chan struct{}),
 		opts:            opts,

@@ -98,6 +98,9 @@ func (c *client) planSplit(spec *commands.Spec, cmd *resp.Command) {
 // merge combines the replies of a split or fan-out command. The first error wins, verbatim.
 func (c *client) merge(out []byte, st *step) []byte {
 	calls := c.ex.Calls[st.a:st.b]
+	if st.merge == mergeKill {
+		return mergeKillReplies(out, calls)
+	}
 	for i := range calls {
 		if calls[i].Err != nil || (len(calls[i].Reply) > 0 && calls[i].Reply[0] == '-') {
 			return c.appendCallReply(out, &calls[i])
@@ -147,7 +150,7 @@ func (c *client) merge(out []byte, st *step) []byte {
 	case mergeCommand:
 		return c.mergeCommand(out, st, calls[0].Reply)
 	}
-	return out
+	return c.mergeFanOut(out, st, calls)
 }
 
 func parseInt(b []byte) (int64, bool) {

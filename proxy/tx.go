@@ -41,6 +41,7 @@ const (
 	syncWatch
 	syncUnwatch
 	syncBlocking
+	syncPubSub
 )
 
 // syncStep is a command that runs after the round's pipelined calls, alone.
@@ -49,6 +50,7 @@ type syncStep struct {
 	req  []byte
 	slot uint16
 	name string
+	args [][]byte
 }
 
 func (s *syncStep) blocks() bool { return s.kind == syncBlocking }
@@ -111,8 +113,7 @@ func (c *client) planPinned(spec *commands.Spec, cmd *resp.Command) (barrier boo
 		return c.addSync(syncStep{kind: syncUnwatch})
 	default:
 		if strings.Contains(spec.Name, "subscribe") {
-			c.localError(errPinned(spec.Name))
-			return false
+			return c.planSubscribeCommand(spec, cmd)
 		}
 		slot, ok := c.sameSlot(spec, cmd.Args)
 		if !ok {
@@ -237,6 +238,8 @@ func (c *client) runSync() []byte {
 		return reply
 	case syncBlocking:
 		return c.blocking()
+	case syncPubSub:
+		return c.runPubSub()
 	}
 	return redcon.AppendError(nil, "ERR proxy: internal error")
 }
