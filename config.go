@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -45,10 +47,27 @@ type Config struct {
 	Upstream struct {
 		// Seeds are cluster nodes (or one standalone server) to learn the topology from.
 		Seeds []string `yaml:"seeds"`
-		// Username and Password authenticate to every node; PasswordFile reads the password.
+		// Username and Password authenticate to every node; PasswordFile or PasswordEnv name
+		// where to read the password instead.
 		Username     string `yaml:"username"`
 		Password     string `yaml:"password"`
 		PasswordFile string `yaml:"password-file"`
+		PasswordEnv  string `yaml:"password-env"`
+		// ReadFrom sends read-only commands to primary, replica or prefer-replica.
+		ReadFrom string `yaml:"read-from"`
+		// TLS for every upstream connection.
+		TLS struct {
+			Enabled bool `yaml:"enabled"`
+			// CAFile verifies the servers (the system roots when empty).
+			CAFile string `yaml:"ca-file"`
+			// CertFile and KeyFile are a client certificate, for servers that ask for one.
+			CertFile string `yaml:"cert-file"`
+			KeyFile  string `yaml:"key-file"`
+			// ServerName overrides the name checked in the servers' certificates.
+			ServerName string `yaml:"server-name"`
+			// InsecureSkipVerify turns verification off: for tests only, never the default.
+			InsecureSkipVerify bool `yaml:"insecure-skip-verify"`
+		} `yaml:"tls"`
 		// DialTimeout bounds one connection attempt.
 		DialTimeout Duration `yaml:"dial-timeout"`
 		// ConnectTimeout is how long start-up keeps trying to reach the seeds.
@@ -78,6 +97,19 @@ type Config struct {
 		Allow []string `yaml:"allow"`
 		Deny  []string `yaml:"deny"`
 	} `yaml:"policy"`
+	Auth struct {
+		// Password of the default user; with it (or users), clients must AUTH first.
+		Password     string `yaml:"password"`
+		PasswordFile string `yaml:"password-file"`
+		PasswordEnv  string `yaml:"password-env"`
+		// Users are named users with their own passwords.
+		Users []struct {
+			Name         string `yaml:"name"`
+			Password     string `yaml:"password"`
+			PasswordFile string `yaml:"password-file"`
+			PasswordEnv  string `yaml:"password-env"`
+		} `yaml:"users"`
+	} `yaml:"auth"`
 	Locks struct {
 		// KeyPrefix starts every lock key and fence key; it may not contain braces.
 		KeyPrefix string `yaml:"key-prefix"`
@@ -119,6 +151,7 @@ func defaultConfig() Config {
 	c.Upstream.RefreshInterval = Duration(10 * time.Second)
 	c.Upstream.MaxRedirects = 5
 	c.Upstream.MaxPinned = 1000
+	c.Upstream.ReadFrom = "primary"
 	c.Limits.MaxClients = 10000
 	c.Limits.MaxArgs = 1 << 20
 	c.Limits.MaxBulk = 512 << 20
@@ -164,8 +197,8 @@ func (c *Config) validate() error {
 	if err != nil || port == "" {
 		return fmt.Errorf("listen: %q is not host:port", c.Listen)
 	}
-	if !isLoopback(host) {
-		return fmt.Errorf("listen: %q is not a loopback address; listening elsewhere requires client authentication, which this version does not provide", c.Listen)
+	if !isLoopback(host) && !c.authConfigured() {
+		return fmt.Errorf("listen: %q is not a loopback address; listening elsewhere requires auth.password or auth.users", c.Listen)
 	}
 	switch c.Log.Format {
 	case "json", "console":
@@ -185,8 +218,27 @@ func (c *Config) validate() error {
 			return fmt.Errorf("upstream.seeds: %q is not host:port", s)
 		}
 	}
-	if c.Upstream.Password != "" && c.Upstream.PasswordFile != "" {
-		return errors.New("upstream.password and upstream.password-file are exclusive")
+	if countSet(c.Upstream.Password, c.Upstream.PasswordFile, c.Upstream.PasswordEnv) > 1 {
+		return errors.New("upstream.password, upstream.password-file and upstream.password-env are exclusive")
+	}
+	if countSet(c.Auth.Password, c.Auth.PasswordFile, c.Auth.PasswordEnv) > 1 {
+		return errors.New("auth.password, auth.password-file and auth.password-env are exclusive")
+	}
+	for i, u := range c.Auth.Users {
+		if u.Name == "" || strings.ContainsAny(u.Name, " \t\r\n") {
+			return fmt.Errorf("auth.users[%d].name: %q is not a user name", i, u.Name)
+		}
+		if countSet(u.Password, u.PasswordFile, u.PasswordEnv) != 1 {
+			return fmt.Errorf("auth.users[%d]: exactly one of password, password-file and password-env", i)
+		}
+	}
+	switch c.Upstream.ReadFrom {
+	case "primary", "replica", "prefer-replica":
+	default:
+		return fmt.Errorf("upstream.read-from: %q is not primary, replica or prefer-replica", c.Upstream.ReadFrom)
+	}
+	if (c.Upstream.TLS.CertFile == "") != (c.Upstream.TLS.KeyFile == "") {
+		return errors.New("upstream.tls.cert-file and upstream.tls.key-file go together")
 	}
 	positive := []struct {
 		key string
@@ -266,4 +318,65 @@ func (c *Config) lockReplicas() (int, error) {
 		return 0, fmt.Errorf("locks.replicas: %q is not auto or a number from 0 to 16", c.Locks.Replicas)
 	}
 	return n, nil
+}
+
+func countSet(vals ...string) int {
+	n := 0
+	for _, v := range vals {
+		if v != "" {
+			n++
+		}
+	}
+	return n
+}
+
+func (c *Config) authConfigured() bool {
+	return c.Auth.Password != "" || c.Auth.PasswordFile != "" || c.Auth.PasswordEnv != "" || len(c.Auth.Users) > 0
+}
+
+// secret returns a password given inline, in a file or in an environment variable.
+func secret(key, inline, file, env string) (string, error) {
+	switch {
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("%s-file: %w", key, err)
+		}
+		return strings.TrimRight(string(b), "\r\n"), nil
+	case env != "":
+		v, ok := os.LookupEnv(env)
+		if !ok || v == "" {
+			return "", fmt.Errorf("%s-env: environment variable %s is not set", key, env)
+		}
+		return v, nil
+	}
+	return inline, nil
+}
+
+// upstreamTLS builds the upstream TLS configuration: verified by default.
+func (c *Config) upstreamTLS() (*tls.Config, error) {
+	t := c.Upstream.TLS
+	if !t.Enabled {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("upstream.tls.ca-file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("upstream.tls.ca-file: no certificate in %s", t.CAFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if t.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("upstream.tls.cert-file: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
 }

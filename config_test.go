@@ -26,6 +26,9 @@ func TestExampleConfigIsTheDefault(t *testing.T) {
 		if len(c.Policy.Deny) == 0 {
 			c.Policy.Deny = nil
 		}
+		if len(c.Auth.Users) == 0 {
+			c.Auth.Users = nil
+		}
 	}
 	normalize(&got)
 	normalize(&want)
@@ -51,6 +54,10 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"huge bulk", "limits:\n  max-bulk: 4294967296\n", "limits.max-bulk"},
 		{"both passwords", "upstream:\n  password: a\n  password-file: /x\n", "upstream.password"},
 		{"pprof elsewhere", "debug:\n  pprof-listen: 10.0.0.1:6060\n", "debug.pprof-listen"},
+		{"bad read-from", "upstream:\n  read-from: nearest\n", "upstream.read-from"},
+		{"user without password", "auth:\n  users:\n    - name: app\n", "auth.users[0]"},
+		{"two auth passwords", "auth:\n  password: a\n  password-env: X\n", "auth.password"},
+		{"cert without key", "upstream:\n  tls:\n    cert-file: /x\n", "upstream.tls.cert-file"},
 		{"wrong type", "limits:\n  max-clients: many\n", "many"},
 	}
 	for _, tt := range tests {

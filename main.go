@@ -80,18 +80,27 @@ func run(ctx context.Context, argv []string, stdout io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	password := cfg.Upstream.Password
-	if cfg.Upstream.PasswordFile != "" {
-		b, err := os.ReadFile(cfg.Upstream.PasswordFile)
-		if err != nil {
-			return fmt.Errorf("upstream.password-file: %w", err)
-		}
-		password = strings.TrimRight(string(b), "\r\n")
+	password, err := secret("upstream.password", cfg.Upstream.Password, cfg.Upstream.PasswordFile, cfg.Upstream.PasswordEnv)
+	if err != nil {
+		return err
+	}
+	tlsCfg, err := cfg.upstreamTLS()
+	if err != nil {
+		return err
+	}
+	if tlsCfg != nil && tlsCfg.InsecureSkipVerify {
+		log.Warn("upstream.tls.insecure-skip-verify is on: the servers' certificates are not checked")
+	}
+	auth, err := buildAuth(&cfg)
+	if err != nil {
+		return err
 	}
 	pool, err := connect(ctx, log, cluster.Options{
 		Seeds:           cfg.Upstream.Seeds,
 		Username:        cfg.Upstream.Username,
 		Password:        password,
+		TLS:             tlsCfg,
+		ReadFrom:        cfg.Upstream.ReadFrom,
 		DialTimeout:     time.Duration(cfg.Upstream.DialTimeout),
 		Timeout:         time.Duration(cfg.Upstream.Timeout),
 		RefreshInterval: time.Duration(cfg.Upstream.RefreshInterval),
@@ -121,6 +130,7 @@ func run(ctx context.Context, argv []string, stdout io.Writer) error {
 		MaxClients:        cfg.Limits.MaxClients,
 		MaxBatch:          cfg.Limits.MaxBatch,
 		SlowClientTimeout: time.Duration(cfg.Limits.SlowClientTimeout),
+		Auth:              auth,
 		Version:           version,
 		Logger:            log,
 		Locks: proxy.LockOptions{
@@ -277,4 +287,21 @@ func servePprof(addr string, log *zap.Logger) (stop func(), err error) {
 		_ = hs.Close()
 		<-done
 	}, nil
+}
+
+// buildAuth reads the client passwords; nil when none is configured.
+func buildAuth(cfg *Config) (*proxy.Auth, error) {
+	def, err := secret("auth.password", cfg.Auth.Password, cfg.Auth.PasswordFile, cfg.Auth.PasswordEnv)
+	if err != nil {
+		return nil, err
+	}
+	users := map[string]string{}
+	for i, u := range cfg.Auth.Users {
+		pw, err := secret(fmt.Sprintf("auth.users[%d].password", i), u.Password, u.PasswordFile, u.PasswordEnv)
+		if err != nil {
+			return nil, err
+		}
+		users[u.Name] = pw
+	}
+	return proxy.NewAuth(def, users), nil
 }

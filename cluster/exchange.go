@@ -20,6 +20,8 @@ type Call struct {
 	// that many replicas follows it; Acked is WAIT's answer.
 	Acks  int
 	Acked int
+	// Read marks a read-only call that may go to a replica (Options.ReadFrom).
+	Read bool
 	// Reply is the raw reply, valid until the Exchange is used again. Nil when Err is set.
 	Reply []byte
 	// from is the address of the node that sent Reply.
@@ -69,7 +71,12 @@ func (p *Pool) Do(ex *Exchange) {
 		c := &ex.Calls[i]
 		n := c.Node
 		if n == nil {
-			if n = p.slots[c.Slot].Load(); n == nil {
+			if c.Read {
+				n = p.readNode(c.Slot)
+			} else {
+				n = p.slots[c.Slot].Load()
+			}
+			if n == nil {
 				c.Err = ErrNoSlot
 				continue
 			}

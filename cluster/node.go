@@ -40,6 +40,7 @@ type Node struct {
 	waitTimeout int64
 	replicas    atomic.Int32
 
+	readonly   atomic.Bool // a replica: connections send READONLY first
 	writerOnce sync.Once
 	kick       chan struct{}
 	ackNext    atomic.Uint32
@@ -274,7 +275,7 @@ func failAll(ops []*op, err error) {
 
 // dialLocked connects and runs the handshake, then starts the reader.
 func (n *Node) dialLocked() error {
-	conn, err := n.pool.dial(n.Addr)
+	conn, err := n.pool.dialNode(n)
 	if err != nil {
 		n.pool.requestRefresh()
 		return fmt.Errorf("%w: cannot connect to %s: %v", ErrUpstream, n.Addr, err)

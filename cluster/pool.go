@@ -37,6 +37,9 @@ type Options struct {
 	WaitTimeout time.Duration
 	// MaxPinned caps the dedicated connections clients may hold per node (0: no cap).
 	MaxPinned int
+	// ReadFrom is where calls marked Read go: "primary" (default), "replica" or
+	// "prefer-replica" (both fall back to the primary when a slot has no replica).
+	ReadFrom string
 	// Logger receives topology changes and connection failures.
 	Logger *zap.Logger
 }
@@ -50,6 +53,8 @@ type Pool struct {
 
 	standalone   bool
 	slots        [SlotCount]atomic.Pointer[Node]
+	readSlots    [SlotCount]atomic.Pointer[[]*Node] // replicas per slot, when ReadFrom wants them
+	readNext     atomic.Uint32
 	primaries    atomic.Pointer[[]*Node]
 	replicaNodes atomic.Pointer[[]*Node]
 
@@ -181,6 +186,14 @@ func (p *Pool) ackNode(n *Node) *Node {
 	return ts[i]
 }
 
+// readNode picks where a read for slot goes: one of its replicas in turn, or the primary.
+func (p *Pool) readNode(slot uint16) *Node {
+	if rs := p.readSlots[slot].Load(); rs != nil && len(*rs) > 0 {
+		return (*rs)[int(p.readNext.Add(1))%len(*rs)]
+	}
+	return p.slots[slot].Load()
+}
+
 // Replicas returns how many replicas the primary serving slot had at the last refresh.
 func (p *Pool) Replicas(slot uint16) int {
 	if n := p.slots[slot].Load(); n != nil {
@@ -219,6 +232,19 @@ func (p *Pool) dial(addr string) (net.Conn, error) {
 	return conn, nil
 }
 
+// dialNode connects to n; a replica's connection is put in READONLY mode so it serves reads.
+func (p *Pool) dialNode(n *Node) (net.Conn, error) {
+	conn, err := p.dial(n.Addr)
+	if err != nil || !n.readonly.Load() {
+		return conn, err
+	}
+	if err := p.handshake(conn, AppendCommand(nil, "READONLY")); err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
 // auth sends AUTH on a fresh connection and checks the reply.
 func (p *Pool) auth(conn net.Conn) error {
 	args := []string{"AUTH"}
@@ -226,9 +252,14 @@ func (p *Pool) auth(conn net.Conn) error {
 		args = append(args, p.opts.Username)
 	}
 	args = append(args, p.opts.Password)
+	return p.handshake(conn, AppendCommand(nil, args...))
+}
+
+// handshake sends one request on a fresh connection and fails on an error reply.
+func (p *Pool) handshake(conn net.Conn, req []byte) error {
 	_ = conn.SetDeadline(time.Now().Add(p.opts.DialTimeout))
 	defer func() { _ = conn.SetDeadline(time.Time{}) }()
-	if _, err := conn.Write(AppendCommand(nil, args...)); err != nil {
+	if _, err := conn.Write(req); err != nil {
 		return err
 	}
 	buf := make([]byte, 512)
@@ -241,7 +272,7 @@ func (p *Pool) auth(conn net.Conn) error {
 			return serr
 		} else if l > 0 {
 			if buf[0] == '-' {
-				return fmt.Errorf("upstream AUTH failed: %s", strings.TrimSpace(string(buf[1:l])))
+				return fmt.Errorf("upstream handshake failed: %s", strings.TrimSpace(string(buf[1:l])))
 			}
 			return nil
 		}
@@ -249,7 +280,7 @@ func (p *Pool) auth(conn net.Conn) error {
 			return err
 		}
 		if w == len(buf) {
-			return errors.New("upstream AUTH reply too long")
+			return errors.New("upstream handshake reply too long")
 		}
 	}
 }
@@ -415,6 +446,17 @@ func (p *Pool) refresh(ctx context.Context) error {
 	for _, s := range spans {
 		n := p.node(s.addr)
 		n.replicas.Store(int32(len(s.replicas)))
+		if p.opts.ReadFrom == "replica" || p.opts.ReadFrom == "prefer-replica" {
+			var rn []*Node
+			for _, r := range s.replicas {
+				node := p.node(r)
+				node.readonly.Store(true)
+				rn = append(rn, node)
+			}
+			for i := s.lo; i <= s.hi; i++ {
+				p.readSlots[i].Store(&rn)
+			}
+		}
 		if !seen[s.addr] {
 			seen[s.addr] = true
 			prim = append(prim, n)

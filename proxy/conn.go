@@ -88,6 +88,7 @@ type client struct {
 
 	hasEvalSHA bool
 	ps         *pubsubState
+	authed     bool
 
 	mu          sync.Mutex
 	name        string
@@ -102,10 +103,14 @@ func newClient(s *Server, conn net.Conn) *client {
 		conn:    conn,
 		id:      s.nextID.Add(1),
 		rd:      resp.NewReader(conn, s.opts.Limits),
+		authed:  s.auth == nil,
 		ex:      cluster.NewExchange(),
 		created: time.Now(),
 	}
 	c.lastCmd.Store(c.created.UnixNano())
+	if !c.authed {
+		c.rd.SetLimits(PreAuthLimits)
+	}
 	return c
 }
 
@@ -244,6 +249,9 @@ func (c *client) plan(cmd *resp.Command) (ok, barrier bool) {
 			zap.Int64("client", c.id), zap.String("addr", c.conn.RemoteAddr().String()))
 		return false, false
 	}
+	if c.s.auth != nil && !c.authed && !c.authGate(args[0]) {
+		return true, false
+	}
 	spec, errText := c.s.table.Lookup(args)
 	if c.ps != nil {
 		return true, c.planSubscribed(spec, errText, cmd)
@@ -337,6 +345,7 @@ func (c *client) planRouted(spec *commands.Spec, cmd *resp.Command) {
 		return
 	}
 	c.addCall(cmd, slot)
+	c.ex.Calls[len(c.ex.Calls)-1].Read = spec.ReadOnly
 	c.noteScript(spec, cmd.Args)
 }
 

@@ -12,32 +12,45 @@ import (
 	"github.com/valkey-lock-proxy/valkey-lock-proxy/cluster"
 )
 
-type infoSections uint8
+type infoSections uint16
 
 const (
 	infoServer infoSections = 1 << iota
 	infoClients
 	infoProxy
 	infoKeyspace
-	infoDefault = infoServer | infoClients | infoProxy | infoKeyspace
+	infoReplication
+	infoCluster
+	infoUpstream // sections passed through from one primary (memory, stats, ...)
+	infoDefault  = infoServer | infoClients | infoProxy | infoKeyspace | infoReplication | infoCluster | infoUpstream
 )
 
 var (
 	reqInfoServer   = cluster.AppendCommand(nil, "INFO", "server")
 	reqInfoKeyspace = cluster.AppendCommand(nil, "INFO", "keyspace")
+	// defaultUpstream are the sections of a plain INFO that the proxy takes from one primary.
+	defaultUpstream = []string{"memory", "persistence", "stats", "cpu", "modules", "errorstats"}
+	upstreamInfo    = map[string]bool{"memory": true, "persistence": true, "stats": true, "cpu": true,
+		"modules": true, "errorstats": true, "commandstats": true, "latencystats": true}
 )
 
-// planInfo answers INFO with the upstream's server fields, the proxy's own sections and the
-// keyspace summed over every primary.
+// planInfo answers INFO with the upstream's server fields, the sections a standalone primary
+// has (replication, cluster) as one, the keyspace summed over every primary, the proxy's own
+// section, and memory/persistence/stats/cpu/... as one primary reports them.
 func (c *client) planInfo(args [][]byte) {
 	var want infoSections
+	var up []string
 	if len(args) == 1 {
-		want = infoDefault
+		want, up = infoDefault, defaultUpstream
 	}
 	for _, a := range args[1:] {
-		switch strings.ToLower(string(a)) {
-		case "default", "all", "everything":
-			want |= infoDefault
+		switch name := strings.ToLower(string(a)); name {
+		case "default":
+			want, up = want|infoDefault, append(up, defaultUpstream...)
+		case "all", "everything":
+			want = want | infoDefault
+			up = append(up, defaultUpstream...)
+			up = append(up, "commandstats", "latencystats")
 		case "server":
 			want |= infoServer
 		case "clients":
@@ -46,11 +59,27 @@ func (c *client) planInfo(args [][]byte) {
 			want |= infoProxy
 		case "keyspace":
 			want |= infoKeyspace
+		case "replication":
+			want |= infoReplication
+		case "cluster":
+			want |= infoCluster
+		default:
+			if upstreamInfo[name] {
+				up = append(up, name)
+			}
 		}
 	}
 	first := len(c.ex.Calls)
 	if want&infoServer != 0 {
 		c.ex.Add(reqInfoServer, 0)
+	}
+	if len(up) > 0 {
+		want |= infoUpstream
+		start := len(c.scratch)
+		c.scratch = cluster.AppendCommand(c.scratch, append([]string{"INFO"}, up...)...)
+		c.ex.Add(c.scratch[start:len(c.scratch):len(c.scratch)], 0)
+	} else {
+		want &^= infoUpstream
 	}
 	if want&infoKeyspace != 0 {
 		for _, n := range c.s.pool.Primaries() {
@@ -76,12 +105,25 @@ func (c *client) mergeInfo(out []byte, st *step, calls []cluster.Call) []byte {
 	var sections []string
 	i := 0
 	if st.info&infoServer != 0 {
-		sections = append(sections, c.serverSection(bulkBody(calls[0].Reply)))
-		i = 1
+		sections = append(sections, c.serverSection(bulkBody(calls[i].Reply)))
+		i++
 	}
 	if st.info&infoClients != 0 {
 		sections = append(sections, "# Clients\r\nconnected_clients:"+strconv.FormatInt(c.s.nClients.Load(), 10)+
 			"\r\nmaxclients:"+strconv.Itoa(c.s.opts.MaxClients)+"\r\n")
+	}
+	if st.info&infoUpstream != 0 {
+		if body := strings.TrimRight(string(bulkBody(calls[i].Reply)), "\r\n"); body != "" {
+			sections = append(sections, body+"\r\n")
+		}
+		i++
+	}
+	if st.info&infoReplication != 0 {
+		sections = append(sections, "# Replication\r\nrole:master\r\nconnected_slaves:0\r\n"+
+			"master_failover_state:no-failover\r\nmaster_repl_offset:0\r\n")
+	}
+	if st.info&infoCluster != 0 {
+		sections = append(sections, "# Cluster\r\ncluster_enabled:0\r\n")
 	}
 	if st.info&infoProxy != 0 {
 		sections = append(sections, c.proxySection())

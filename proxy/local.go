@@ -37,7 +37,11 @@ func (c *client) runLocal(spec *commands.Spec, args [][]byte) {
 	case "hello":
 		c.hello(args)
 	case "auth":
-		c.auth(args)
+		if c.s.auth != nil {
+			c.authCommand(args)
+		} else {
+			c.auth(args)
+		}
 	case "select":
 		switch n, ok := parseInt(args[1]); {
 		case !ok:
@@ -111,12 +115,24 @@ func (c *client) hello(args [][]byte) {
 				name, setName = string(args[i+1]), true
 				i++
 			case bytes.EqualFold(args[i], []byte("auth")) && i+2 < len(args):
-				c.local = redcon.AppendError(c.local, errNoAuthSet)
-				return
+				if c.s.auth == nil {
+					if string(args[i+1]) != "default" {
+						c.local = redcon.AppendError(c.local, errWrongPass)
+						return
+					}
+				} else if !c.authenticate(args[i+1], args[i+2]) {
+					c.local = redcon.AppendError(c.local, errWrongPass)
+					return
+				}
+				i += 2
 			default:
 				c.local = redcon.AppendError(c.local, "ERR Syntax error in HELLO option '"+string(args[i])+"'")
 				return
 			}
+		}
+		if c.s.auth != nil && !c.authed {
+			c.local = redcon.AppendError(c.local, errNoAuthHello)
+			return
 		}
 		if setName {
 			if !validName(name) {

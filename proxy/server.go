@@ -31,6 +31,8 @@ type Options struct {
 	Locks LockOptions
 	// SlowClientTimeout disconnects a subscriber that has not taken a message for this long.
 	SlowClientTimeout time.Duration
+	// Auth, when set, requires clients to authenticate.
+	Auth *Auth
 	Logger            *zap.Logger
 }
 
@@ -41,6 +43,7 @@ type Server struct {
 	pool  *cluster.Pool
 	table *commands.Table
 	locks *lockManager
+	auth  *Auth
 	// scripts maps the SHA1 of scripts seen in EVAL and SCRIPT LOAD to their bodies.
 	scripts *lru.Cache[string, string]
 	start   time.Time
@@ -101,6 +104,7 @@ func NewServer(opts Options, pool *cluster.Pool, table *commands.Table, upstream
 	scripts, _ := lru.New[string, string](4096)
 	return &Server{
 		scripts:         scripts,
+		auth:            opts.Auth,
 		locks:           newLockManager(opts.Locks, pool, opts.Logger),
 		closingCh:       make(chan struct{}),
 		opts:            opts,

@@ -38,6 +38,7 @@ func (c *client) planSplit(spec *commands.Spec, cmd *resp.Command) {
 	}
 	if same {
 		c.addCall(cmd, first)
+		c.ex.Calls[len(c.ex.Calls)-1].Read = spec.ReadOnly
 		return
 	}
 	// Group keys by slot, in order of first appearance.
@@ -81,7 +82,8 @@ func (c *client) planSplit(spec *commands.Spec, cmd *resp.Command) {
 			}
 			c.positions = append(c.positions, k)
 		}
-		c.ex.Add(c.scratch[start:len(c.scratch):len(c.scratch)], sl)
+		j := c.ex.Add(c.scratch[start:len(c.scratch):len(c.scratch)], sl)
+		c.ex.Calls[j].Read = spec.ReadOnly
 	}
 	st := step{kind: stepMerge, a: firstCall, b: len(c.ex.Calls), pa: pa, pb: len(c.positions)}
 	switch spec.Name {

@@ -53,7 +53,9 @@ type syncStep struct {
 	args [][]byte
 }
 
-func (s *syncStep) blocks() bool { return s.kind == syncBlocking }
+// blocks reports whether replies before the step must be written first: it may wait long,
+// or (pub/sub) other goroutines write its replies.
+func (s *syncStep) blocks() bool { return s.kind == syncBlocking || s.kind == syncPubSub }
 
 var (
 	reqMulti   = cluster.AppendCommand(nil, "MULTI")

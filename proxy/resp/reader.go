@@ -18,6 +18,9 @@ type Limits struct {
 	MaxQuery int
 	// Inline allows telnet-style inline commands.
 	Inline bool
+	// OneAtATime returns a single command per batch, so that limits changed by a command
+	// (AUTH lifting the pre-auth limits) apply to the next one, as in Valkey.
+	OneAtATime bool
 }
 
 // DefaultLimits are at least as strict as Valkey's own.
@@ -173,7 +176,11 @@ func (r *Reader) fill() error {
 
 // parseAll appends every complete command in buf[r:w] to the batch.
 func (r *Reader) parseAll() error {
-	for r.r < r.w && len(r.batch) < maxBatch {
+	limit := maxBatch
+	if r.lim.OneAtATime {
+		limit = 1
+	}
+	for r.r < r.w && len(r.batch) < limit {
 		done, err := r.parseOne()
 		if err != nil || !done {
 			return err
@@ -362,3 +369,6 @@ func (r *Reader) Feed(b []byte) {
 	}
 	r.w += copy(r.buf[r.w:], b)
 }
+
+// SetLimits replaces the limits, for instance once a client has authenticated.
+func (r *Reader) SetLimits(lim Limits) { r.lim = lim.withDefaults() }
