@@ -32,8 +32,8 @@ type Options struct {
 	// SlowClientTimeout disconnects a subscriber that has not taken a message for this long.
 	SlowClientTimeout time.Duration
 	// Auth, when set, requires clients to authenticate.
-	Auth *Auth
-	Logger            *zap.Logger
+	Auth   *Auth
+	Logger *zap.Logger
 }
 
 // Server accepts client connections and serves each on its own goroutine.
