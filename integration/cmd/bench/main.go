@@ -1161,7 +1161,7 @@ func buildReport(c config, ci clusterInfo, px *proxyProc, direct, viaProxy targe
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 
 	w("# valkey-lock-proxy benchmark: direct to the cluster vs through the proxy\n\n")
-	w("- Command: `%s`\n", shellQuote(os.Args))
+	w("- Command: `go run ./integration/cmd/bench %s`\n", shellQuote(os.Args[1:]))
 	w("- Date: %s (took %s)\n", started.UTC().Format(time.RFC3339), time.Since(started).Round(time.Second))
 	w("- Machine: %d CPUs (nproc), %s, Linux %s; load average at start %q, at end %q\n",
 		runtime.NumCPU(), cpuModel(), readTrim("/proc/sys/kernel/osrelease"), loadStart, readTrim("/proc/loadavg"))
