@@ -349,13 +349,7 @@ func (p *Pool) watchdog() {
 		case now := <-t.C:
 			p.clock.Store(now.UnixNano())
 			p.mu.Lock()
-			nodes := make([]*Node, 0, len(p.nodes))
-			for _, n := range p.nodes {
-				nodes = append(nodes, n)
-			}
-			for _, ts := range p.acks {
-				nodes = append(nodes, ts...)
-			}
+			nodes := p.pipelinesLocked()
 			p.mu.Unlock()
 			for _, n := range nodes {
 				n.checkStalled(now.UnixNano(), int64(p.opts.Timeout))
@@ -510,19 +504,25 @@ func nodeAddrs(ns []*Node) []string {
 	return out
 }
 
+// pipelinesLocked lists every pipelined connection: one per node and the ack twins.
+func (p *Pool) pipelinesLocked() []*Node {
+	nodes := make([]*Node, 0, len(p.nodes)+ackTwins*len(p.acks))
+	for _, n := range p.nodes {
+		nodes = append(nodes, n)
+	}
+	for _, ts := range p.acks {
+		nodes = append(nodes, ts...)
+	}
+	return nodes
+}
+
 // Close stops the loops and closes every connection; requests still waiting fail.
 func (p *Pool) Close() {
 	p.closeOnce.Do(func() {
 		close(p.stop)
 		p.wg.Wait()
 		p.mu.Lock()
-		nodes := make([]*Node, 0, len(p.nodes))
-		for _, n := range p.nodes {
-			nodes = append(nodes, n)
-		}
-		for _, ts := range p.acks {
-			nodes = append(nodes, ts...)
-		}
+		nodes := p.pipelinesLocked()
 		var idle []*Conn
 		for _, pp := range p.pins {
 			pp.mu.Lock()

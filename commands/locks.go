@@ -97,7 +97,7 @@ func ParseLock(args [][]byte, lim LockLimits) (LockRequest, string) {
 			}
 			seenWait = true
 			i++
-			n, ok := parseInt(args[i])
+			n, ok := ParseInt(args[i])
 			if !ok {
 				return r, ErrNotInteger
 			}
@@ -133,7 +133,7 @@ func ParseLock(args [][]byte, lim LockLimits) (LockRequest, string) {
 
 // parseTTL reads an EX (seconds) or PX (milliseconds) value: positive and at most max.
 func parseTTL(b []byte, seconds bool, max time.Duration, cmd string) (time.Duration, string) {
-	n, ok := parseInt(b)
+	n, ok := ParseInt(b)
 	if !ok {
 		return 0, ErrNotInteger
 	}

@@ -252,7 +252,7 @@ func (k *keySpec) keys(args [][]byte, dst []int) []int {
 		if idx >= argc {
 			return dst
 		}
-		n, ok := parseInt(args[idx])
+		n, ok := ParseInt(args[idx])
 		if !ok || n < 0 || n > int64(argc) {
 			return dst
 		}
@@ -265,23 +265,28 @@ func (k *keySpec) keys(args [][]byte, dst []int) []int {
 	return dst
 }
 
-func parseInt(b []byte) (int64, bool) {
+// ParseInt parses an integer argument the way Valkey's string2ll does: an optional '-', no
+// '+', no leading zeros, no spaces, and within int64.
+func ParseInt(b []byte) (int64, bool) {
 	neg := len(b) > 0 && b[0] == '-'
 	if neg {
 		b = b[1:]
 	}
-	if len(b) == 0 || len(b) > 18 {
+	if len(b) == 0 || len(b) > 19 || (b[0] == '0' && (len(b) > 1 || neg)) {
 		return 0, false
 	}
-	var n int64
+	var n uint64
 	for _, c := range b {
 		if c < '0' || c > '9' {
 			return 0, false
 		}
-		n = n*10 + int64(c-'0')
+		n = n*10 + uint64(c-'0')
 	}
-	if neg {
-		n = -n
+	switch {
+	case neg && n <= 1<<63:
+		return -int64(n-1) - 1, true
+	case !neg && n <= 1<<63-1:
+		return int64(n), true
 	}
-	return n, true
+	return 0, false
 }

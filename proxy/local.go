@@ -43,7 +43,7 @@ func (c *client) runLocal(spec *commands.Spec, args [][]byte) {
 			c.auth(args)
 		}
 	case "select":
-		switch n, ok := parseInt(args[1]); {
+		switch n, ok := commands.ParseInt(args[1]); {
 		case !ok:
 			c.local = redcon.AppendError(c.local, errNotInteger)
 		case n != 0:
@@ -99,7 +99,7 @@ func (c *client) auth(args [][]byte) {
 // hello answers HELLO [protover [AUTH user pass] [SETNAME name]] with a RESP2 reply.
 func (c *client) hello(args [][]byte) {
 	if len(args) > 1 {
-		v, ok := parseInt(args[1])
+		v, ok := commands.ParseInt(args[1])
 		if !ok {
 			c.local = redcon.AppendError(c.local, errHelloProto)
 			return

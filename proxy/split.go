@@ -116,7 +116,7 @@ func (c *client) merge(out []byte, st *step) []byte {
 			if len(r) < 4 || r[0] != ':' {
 				return redcon.AppendError(out, "ERR proxy: unexpected reply from upstream")
 			}
-			n, ok := parseInt(r[1 : len(r)-2])
+			n, ok := commands.ParseInt(r[1 : len(r)-2])
 			if !ok {
 				return redcon.AppendError(out, "ERR proxy: unexpected reply from upstream")
 			}
@@ -153,25 +153,4 @@ func (c *client) merge(out []byte, st *step) []byte {
 		return c.mergeCommand(out, st, calls[0].Reply)
 	}
 	return c.mergeFanOut(out, st, calls)
-}
-
-func parseInt(b []byte) (int64, bool) {
-	neg := len(b) > 0 && b[0] == '-'
-	if neg {
-		b = b[1:]
-	}
-	if len(b) == 0 || len(b) > 18 {
-		return 0, false
-	}
-	var n int64
-	for _, ch := range b {
-		if ch < '0' || ch > '9' {
-			return 0, false
-		}
-		n = n*10 + int64(ch-'0')
-	}
-	if neg {
-		n = -n
-	}
-	return n, true
 }
