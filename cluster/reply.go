@@ -118,7 +118,8 @@ func atoi(b []byte) (int, bool) {
 // ReplyLen returns the length of the complete reply at the start of b, or 0 when b holds only
 // part of one.
 func ReplyLen(b []byte) (int, error) {
-	var s replyScanner
+	var stack [8]int
+	s := replyScanner{stack: stack[:0]}
 	return s.scan(b)
 }
 
