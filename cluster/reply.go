@@ -12,20 +12,21 @@ var errBadReply = errors.New("malformed reply from upstream")
 // replyScanner finds the boundaries of RESP2 replies in a byte stream without materialising
 // them. It is resumable: a reply that arrives in pieces is scanned once, not once per piece.
 type replyScanner struct {
-	pos   int   // bytes of the current reply already scanned
-	stack []int // elements still expected at each open array level
+	pos   int                // bytes of the current reply already scanned
+	depth int                // open array levels, plus the top level
+	stack [maxReplyDepth]int // elements still expected at each level
 }
 
 // scan looks for the end of the reply that starts at b[0]. It returns the reply's length, or 0
 // when b does not hold all of it yet (scan must then be called again with b extended).
 func (s *replyScanner) scan(b []byte) (int, error) {
-	if s.pos == 0 && len(s.stack) == 0 {
-		s.stack = append(s.stack[:0], 1)
+	if s.pos == 0 && s.depth == 0 {
+		s.stack[0], s.depth = 1, 1
 	}
-	for len(s.stack) > 0 {
-		top := len(s.stack) - 1
+	for s.depth > 0 {
+		top := s.depth - 1
 		if s.stack[top] == 0 {
-			s.stack = s.stack[:top]
+			s.depth--
 			continue
 		}
 		if s.pos >= len(b) {
@@ -65,10 +66,11 @@ func (s *replyScanner) scan(b []byte) (int, error) {
 			s.pos = lineEnd + 2
 			s.stack[top]--
 			if n > 0 {
-				if len(s.stack) >= maxReplyDepth {
+				if s.depth >= maxReplyDepth {
 					return 0, errBadReply
 				}
-				s.stack = append(s.stack, n)
+				s.stack[s.depth] = n
+				s.depth++
 			}
 		default:
 			return 0, errBadReply
@@ -118,8 +120,7 @@ func atoi(b []byte) (int, bool) {
 // ReplyLen returns the length of the complete reply at the start of b, or 0 when b holds only
 // part of one.
 func ReplyLen(b []byte) (int, error) {
-	var stack [8]int
-	s := replyScanner{stack: stack[:0]}
+	var s replyScanner
 	return s.scan(b)
 }
 
