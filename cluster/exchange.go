@@ -36,8 +36,19 @@ type Exchange struct {
 	Calls []Call
 
 	ops       []op
+	twins     [][2]*Node // primary, its ack twin for this exchange
 	remaining atomicInt32
 	wake      chan struct{}
+}
+
+// twinOf returns the acknowledged-write connection chosen for primary n in this exchange.
+func (ex *Exchange) twinOf(n *Node) *Node {
+	for _, t := range ex.twins {
+		if t[0] == n {
+			return t[1]
+		}
+	}
+	return nil
 }
 
 // NewExchange returns an empty Exchange.
@@ -66,6 +77,22 @@ func (ex *Exchange) AddTo(req []byte, n *Node) int {
 // Do sends every call, grouped into one submission per node, waits for all replies and follows
 // MOVED, ASK and TRYAGAIN so that none reaches the caller. Calls to one node keep their order.
 func (p *Pool) Do(ex *Exchange) {
+	// A primary that gets an acknowledged write in this exchange gets all of the exchange's
+	// calls on that write's connection, so that they keep their order around it.
+	ex.twins = ex.twins[:0]
+	for i := range ex.Calls {
+		c := &ex.Calls[i]
+		if c.Acks == 0 {
+			continue
+		}
+		n := c.Node
+		if n == nil {
+			n = p.slots[c.Slot].Load()
+		}
+		if n != nil && ex.twinOf(n) == nil {
+			ex.twins = append(ex.twins, [2]*Node{n, p.ackNode(n)})
+		}
+	}
 	nops := 0
 	for i := range ex.Calls {
 		c := &ex.Calls[i]
@@ -81,8 +108,8 @@ func (p *Pool) Do(ex *Exchange) {
 				continue
 			}
 		}
-		if c.Acks > 0 {
-			n = p.ackNode(n)
+		if t := ex.twinOf(n); t != nil {
+			n = t
 		}
 		k := 0
 		for k < nops && ex.ops[k].node != n {
@@ -243,9 +270,16 @@ func (p *Pool) followRedirects(ex *Exchange) {
 				if !rd.ask {
 					p.requestRefresh()
 				}
+				if moves > p.opts.MaxRedirects {
+					// Nodes that disagree for a moment (at the end of a migration one node
+					// already points at the other, which still points back): slow down, and
+					// give up after ten more hops.
+					time.Sleep(backoff)
+					backoff = min(2*backoff, 100*time.Millisecond)
+				}
 				// Past the hop limit, or pointing back at the node that answered, a redirect
 				// is not followed.
-				if moves <= p.opts.MaxRedirects {
+				if moves <= p.opts.MaxRedirects+10 {
 					if target = p.primaryAt(rd.addr); target != nil && target.Addr == from {
 						target = nil
 					}

@@ -20,6 +20,9 @@ type Subscriber struct {
 	mu       sync.Mutex
 	conns    map[*Node]*subConn
 	channels map[string]*subscription
+	// ownUnsub counts the SUNSUBSCRIBEs sent per channel whose confirmation has not come
+	// back: those confirmations are ours, not the server dropping a newer subscription.
+	ownUnsub map[string]int
 	stop     chan struct{}
 	wg       sync.WaitGroup
 }
@@ -43,6 +46,7 @@ func (p *Pool) NewSubscriber(onMessage func(channel []byte)) *Subscriber {
 		onMessage: onMessage,
 		conns:     map[*Node]*subConn{},
 		channels:  map[string]*subscription{},
+		ownUnsub:  map[string]int{},
 		stop:      make(chan struct{}),
 	}
 	s.wg.Add(1)
@@ -109,6 +113,9 @@ func (s *Subscriber) bindLocked(channel string, sub *subscription) {
 }
 
 func (s *Subscriber) writeLocked(sc *subConn, cmd, channel string) bool {
+	if cmd == "SUNSUBSCRIBE" {
+		s.ownUnsub[channel]++
+	}
 	_ = sc.conn.SetWriteDeadline(time.Now().Add(s.pool.opts.DialTimeout))
 	if _, err := sc.conn.Write(AppendCommand(nil, cmd, channel)); err != nil {
 		_ = sc.conn.Close()
@@ -183,6 +190,8 @@ func (s *Subscriber) readLoop(sc *subConn) {
 			sub.on = nil
 		}
 	}
+	// Confirmations that will never come: forget them.
+	clear(s.ownUnsub)
 	s.mu.Unlock()
 }
 
@@ -200,6 +209,16 @@ func (s *Subscriber) confirmed(sc *subConn, channel string) {
 
 func (s *Subscriber) unbound(sc *subConn, channel string) {
 	s.mu.Lock()
+	if n := s.ownUnsub[channel]; n > 0 {
+		// The answer to our own SUNSUBSCRIBE.
+		if n == 1 {
+			delete(s.ownUnsub, channel)
+		} else {
+			s.ownUnsub[channel] = n - 1
+		}
+		s.mu.Unlock()
+		return
+	}
 	if sub := s.channels[channel]; sub != nil && sub.on == sc {
 		sub.on = nil
 	}

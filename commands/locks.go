@@ -5,6 +5,7 @@ import (
 	"crypto/sha1"
 	_ "embed"
 	"encoding/hex"
+	"strings"
 	"time"
 )
 
@@ -22,14 +23,23 @@ var (
 	safesetLua string
 )
 
-// Script is an embedded Lua script with its SHA1.
+// Script is an embedded Lua script: Body is what is sent (the file without its comment lines),
+// SHA its SHA1.
 type Script struct {
 	Name string
 	Body string
 	SHA  string
 }
 
-func newScript(name, body string) *Script {
+func newScript(name, file string) *Script {
+	var b strings.Builder
+	for _, line := range strings.Split(file, "\n") {
+		if t := strings.TrimSpace(line); t != "" && !strings.HasPrefix(t, "--") {
+			b.WriteString(t)
+			b.WriteByte('\n')
+		}
+	}
+	body := b.String()
 	sum := sha1.Sum([]byte(body))
 	return &Script{Name: name, Body: body, SHA: hex.EncodeToString(sum[:])}
 }
@@ -197,10 +207,9 @@ func ParseRenew(args [][]byte, lim LockLimits) (RenewRequest, string) {
 		ttl, e := parseTTL(args[4], eq(args[3], "ex"), lim.MaxTTL, "renew")
 		r.TTL = ttl
 		return r, e
-	case 4:
-		return r, ErrSyntax
 	}
-	return r, "ERR wrong number of arguments for 'renew' command"
+	// Arity -3: more arguments are options, and options it does not know are a syntax error.
+	return r, ErrSyntax
 }
 
 // SafeSetRequest is a parsed SAFESET.

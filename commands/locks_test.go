@@ -121,7 +121,7 @@ func TestParseRenewUnlock(t *testing.T) {
 		"RENEW r t EX":      ErrSyntax,
 		"RENEW r t XX 5":    ErrSyntax,
 		"RENEW r t EX 0":    "ERR invalid expire time in 'renew' command",
-		"RENEW r t EX 1 2":  "ERR wrong number of arguments for 'renew' command",
+		"RENEW r t EX 1 2":  ErrSyntax,
 		"UNLOCK r t extra":  "ERR wrong number of arguments for 'unlock' command",
 		"RENEW r t PX nope": ErrNotInteger,
 	} {

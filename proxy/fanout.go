@@ -263,7 +263,9 @@ func (c *client) retryEvalSHA() {
 			continue
 		}
 		n := c.s.pool.NodeForSlot(call.Slot)
-		if n == nil {
+		if n == nil || c.laterCallTo(n, st.a) {
+			// Re-running it now would put it after commands the client pipelined behind it on
+			// the same node: answer NOSCRIPT, as Valkey would, and let the client EVAL.
 			continue
 		}
 		ex := cluster.NewExchange()
@@ -272,4 +274,14 @@ func (c *client) retryEvalSHA() {
 		c.s.pool.Do(ex)
 		*call = ex.Calls[1]
 	}
+}
+
+// laterCallTo reports whether any call after index i of the round goes to node n.
+func (c *client) laterCallTo(n *cluster.Node, i int) bool {
+	for _, call := range c.ex.Calls[i+1:] {
+		if call.Node == n || (call.Node == nil && c.s.pool.NodeForSlot(call.Slot) == n) {
+			return true
+		}
+	}
+	return false
 }

@@ -275,8 +275,8 @@ func (c *client) planLockCommand(name string, args [][]byte) (barrier bool) {
 		key := string(commands.LockKey(nil, m.opts.KeyPrefix, req.Resource))
 		token := string(req.Token)
 		if req.Token == nil {
-			t, ok := "", false
-			if c.lk.tokens != nil {
+			t, ok := c.pendingToken(key)
+			if !ok && c.lk.tokens != nil {
 				t, ok = c.lk.tokens.Get(key)
 			}
 			if !ok {
@@ -318,8 +318,19 @@ func (c *client) planLockCommand(name string, args [][]byte) (barrier bool) {
 	return false
 }
 
+// pendingToken returns the token of the latest LOCK on key planned earlier in this round: a
+// pipelined "LOCK r" then "UNLOCK r" means that LOCK's token.
+func (c *client) pendingToken(key string) (string, bool) {
+	for i := len(c.lk.steps) - 1; i >= 0; i-- {
+		if ls := &c.lk.steps[i]; ls.kind == lkLock && ls.key == key {
+			return ls.token, true
+		}
+	}
+	return "", false
+}
+
 func (c *client) addLockStep(ls lockStep) {
-	req := c.appendScriptCall(ls.script, true, ls.keys, ls.args)
+	req := c.appendScriptCall(ls.script, ls.keys, ls.args)
 	ls.call = c.ex.Add(req, ls.slot)
 	if ls.kind == lkLock && ls.acks > 0 {
 		c.ex.Calls[ls.call].Acks = ls.acks
@@ -329,22 +340,21 @@ func (c *client) addLockStep(ls lockStep) {
 	c.lk.steps = append(c.lk.steps, ls)
 }
 
-// appendScriptCall encodes EVALSHA (or EVAL) of script into scratch and returns the request.
-func (c *client) appendScriptCall(s *commands.Script, sha bool, keys, args [][]byte) []byte {
+// appendScriptCall encodes the EVAL of script into scratch and returns the request.
+func (c *client) appendScriptCall(s *commands.Script, keys, args [][]byte) []byte {
 	start := len(c.scratch)
-	c.scratch = appendScript(c.scratch, s, sha, keys, args)
+	c.scratch = appendScript(c.scratch, s, keys, args)
 	return c.scratch[start:len(c.scratch):len(c.scratch)]
 }
 
-func appendScript(b []byte, s *commands.Script, sha bool, keys, args [][]byte) []byte {
+// appendScript encodes EVAL of a lock script. Always EVAL, never EVALSHA: a node that lost its
+// scripts (a SCRIPT FLUSH, a restart) would answer NOSCRIPT, and re-sending after the round
+// would run the script after commands the client pipelined behind it. The bodies are small
+// (comments are not sent) and Valkey caches them by hash.
+func appendScript(b []byte, s *commands.Script, keys, args [][]byte) []byte {
 	b = redcon.AppendArray(b, 3+len(keys)+len(args))
-	if sha {
-		b = redcon.AppendBulkString(b, "EVALSHA")
-		b = redcon.AppendBulkString(b, s.SHA)
-	} else {
-		b = redcon.AppendBulkString(b, "EVAL")
-		b = redcon.AppendBulkString(b, s.Body)
-	}
+	b = redcon.AppendBulkString(b, "EVAL")
+	b = redcon.AppendBulkString(b, s.Body)
 	b = redcon.AppendBulkString(b, strconv.Itoa(len(keys)))
 	for _, k := range keys {
 		b = redcon.AppendBulk(b, k)
@@ -361,45 +371,12 @@ func isNoScript(r []byte) bool {
 	return len(r) >= len(noScript) && string(r[:len(noScript)]) == string(noScript)
 }
 
-// retryNoScript re-sends as EVAL every lock call that met a node without the script (after a
-// failover or SCRIPT FLUSH); EVAL also caches it there.
-func (c *client) retryNoScript() {
-	var again *cluster.Exchange
-	var which []int
-	for i := range c.lk.steps {
-		ls := &c.lk.steps[i]
-		if ls.call < 0 {
-			continue
-		}
-		call := &c.ex.Calls[ls.call]
-		if call.Err != nil || !isNoScript(call.Reply) {
-			continue
-		}
-		if again == nil {
-			again = cluster.NewExchange()
-		}
-		req := appendScript(nil, ls.script, false, ls.keys, ls.args)
-		j := again.Add(req, ls.slot)
-		again.Calls[j].Acks = call.Acks
-		which = append(which, i)
-	}
-	if again == nil {
-		return
-	}
-	c.s.pool.Do(again)
-	for j, i := range which {
-		ls := &c.lk.steps[i]
-		c.ex.Calls[ls.call] = again.Calls[j]
-	}
-}
-
 // finishLocks turns the replies of the round's lock calls into client replies. A LOCK that
 // must wait is returned (at most one: it ends its round) for runBatch to wait on.
 func (c *client) finishLocks() (waiting *lockStep, pttl int64) {
 	if len(c.lk.steps) == 0 {
 		return nil, 0
 	}
-	c.retryNoScript()
 	for i := range c.lk.steps {
 		ls := &c.lk.steps[i]
 		if ls.call < 0 {
@@ -486,7 +463,7 @@ func (c *client) released(key, token string) {
 // unlockNow releases a lock outside the pipeline (NOREPLICAS, a waiter that disconnected).
 func (c *client) unlockNow(key string, slot uint16, token string) bool {
 	ex := cluster.NewExchange()
-	ex.Add(appendScript(nil, commands.ScriptUnlock, false, [][]byte{[]byte(key)}, [][]byte{[]byte(token)}), slot)
+	ex.Add(appendScript(nil, commands.ScriptUnlock, [][]byte{[]byte(key)}, [][]byte{[]byte(token)}), slot)
 	c.s.pool.Do(ex)
 	if n, _ := cluster.IntValue(ex.Calls[0].Reply); n == 1 {
 		c.s.locks.wakeHead(key)
@@ -540,17 +517,10 @@ func (c *client) waitForLock(ls *lockStep, pttl int64, started time.Time) []byte
 		if attempt && m.isHead(ls.key, w) {
 			ex := c.lk.waitEx
 			ex.Reset()
-			i := ex.Add(appendScript(nil, ls.script, true, ls.keys, ls.args), ls.slot)
+			i := ex.Add(appendScript(nil, ls.script, ls.keys, ls.args), ls.slot)
 			ex.Calls[i].Acks = ls.acks
 			c.s.pool.Do(ex)
 			call := &ex.Calls[i]
-			if call.Err == nil && isNoScript(call.Reply) {
-				ex.Reset()
-				i = ex.Add(appendScript(nil, ls.script, false, ls.keys, ls.args), ls.slot)
-				ex.Calls[i].Acks = ls.acks
-				c.s.pool.Do(ex)
-				call = &ex.Calls[i]
-			}
 			if call.Err != nil || (len(call.Reply) > 0 && call.Reply[0] == '-') {
 				return c.appendCallReply(nil, call)
 			}
@@ -679,7 +649,7 @@ func (ka *keepalive) renew() {
 	c := ka.c
 	ex := cluster.NewExchange()
 	ttl := strconv.FormatInt(ka.ttl.Milliseconds(), 10)
-	ex.Add(appendScript(nil, commands.ScriptRenew, false, [][]byte{[]byte(ka.key)}, [][]byte{[]byte(ka.token), []byte(ttl)}), ka.slot)
+	ex.Add(appendScript(nil, commands.ScriptRenew, [][]byte{[]byte(ka.key)}, [][]byte{[]byte(ka.token), []byte(ttl)}), ka.slot)
 	c.s.pool.Do(ex)
 	call := ex.Calls[0]
 	next := ka.ttl / 3
@@ -735,7 +705,7 @@ func (c *client) releaseKeepalives() {
 	for _, ka := range kas {
 		ka.stop()
 		list = append(list, ka)
-		ex.Add(appendScript(nil, commands.ScriptUnlock, false, [][]byte{[]byte(ka.key)}, [][]byte{[]byte(ka.token)}), ka.slot)
+		ex.Add(appendScript(nil, commands.ScriptUnlock, [][]byte{[]byte(ka.key)}, [][]byte{[]byte(ka.token)}), ka.slot)
 	}
 	c.s.pool.Do(ex)
 	for i, ka := range list {
