@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"bytes"
-	"errors"
 	"net"
 	"strconv"
 	"time"
@@ -336,6 +335,3 @@ func (p *Pool) primaryAt(addr string) *Node {
 	}
 	return nil
 }
-
-// ErrIsUpstream reports whether err is a transport failure.
-func ErrIsUpstream(err error) bool { return errors.Is(err, ErrUpstream) }

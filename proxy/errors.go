@@ -14,7 +14,6 @@ const (
 	errClientName      = "ERR Client names cannot contain spaces, newlines or special characters."
 	errHelloProto      = "ERR Protocol version is not an integer or out of range"
 	errNoSlot          = "CLUSTERDOWN Hash slot not served"
-	errShuttingDown    = "ERR proxy: shutting down"
 	errLockKeys        = "ERR lock keys are managed by LOCK/UNLOCK"
 )
 
@@ -22,12 +21,8 @@ func errDenied(name string) string {
 	return "ERR command '" + name + "' is not allowed by the proxy policy"
 }
 
-func errPinned(name string) string {
-	return "ERR command '" + name + "' needs a connection of its own, which this proxy does not support yet"
-}
-
-func errFanOutTodo(name string) string {
-	return "ERR command '" + name + "' is not supported by the proxy yet"
+func errNotSupported(name string) string {
+	return "ERR command '" + name + "' is not supported by the proxy"
 }
 
 func errUpstream(err error) string {

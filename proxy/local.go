@@ -75,7 +75,7 @@ func (c *client) runLocal(spec *commands.Spec, args [][]byte) {
 		} else if strings.HasPrefix(spec.Name, "cluster|") {
 			c.local = redcon.AppendError(c.local, errClusterDisabled)
 		} else {
-			c.local = redcon.AppendError(c.local, errFanOutTodo(spec.Name))
+			c.local = redcon.AppendError(c.local, errNotSupported(spec.Name))
 		}
 	}
 	c.localReply(start)
