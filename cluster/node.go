@@ -130,6 +130,11 @@ var askingReq = []byte("*1\r\n$6\r\nASKING\r\n")
 // pending bytes unless another goroutine is already writing them.
 func (n *Node) submit(o *op) {
 	n.mu.Lock()
+	if n.pool.stopped.Load() {
+		n.mu.Unlock()
+		o.complete(fmt.Errorf("%w: the proxy is shutting down", ErrUpstream))
+		return
+	}
 	if n.conn == nil {
 		if err := n.dialLocked(); err != nil {
 			n.mu.Unlock()
@@ -211,6 +216,8 @@ func (n *Node) appendWaitLocked() {
 // flushLocked writes the pending bytes until none are left. It runs on the node's writer,
 // is entered with mu held and writing set, and returns with mu released.
 func (n *Node) flushLocked() {
+	var failed []*op
+	var lost error
 	conn := n.conn
 	for len(n.wbuf) > 0 && conn != nil {
 		if len(n.ackPending) > 0 {
@@ -225,16 +232,16 @@ func (n *Node) flushLocked() {
 			n.spare = b[:0]
 		}
 		if err != nil {
-			n.writing = false
-			failed := n.detachLocked(conn)
-			n.mu.Unlock()
-			failAll(failed, n.lostErr(err))
-			return
+			// The requests on this connection fail; requests queued on a connection dialled
+			// meanwhile are still written.
+			failed = append(failed, n.detachLocked(conn)...)
+			lost = n.lostErr(err)
 		}
 		conn = n.conn
 	}
 	n.writing = false
 	n.mu.Unlock()
+	failAll(failed, lost)
 }
 
 func (n *Node) lostErr(err error) error {

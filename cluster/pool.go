@@ -67,6 +67,7 @@ type Pool struct {
 	pins  map[*Node]*pinnedPool
 
 	clock     atomic.Int64
+	stopped   atomic.Bool
 	refreshCh chan struct{}
 	stop      chan struct{}
 	wg        sync.WaitGroup
@@ -519,6 +520,7 @@ func (p *Pool) pipelinesLocked() []*Node {
 // Close stops the loops and closes every connection; requests still waiting fail.
 func (p *Pool) Close() {
 	p.closeOnce.Do(func() {
+		p.stopped.Store(true)
 		close(p.stop)
 		p.wg.Wait()
 		p.mu.Lock()

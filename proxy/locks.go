@@ -59,7 +59,6 @@ type lockManager struct {
 
 type waitQueue struct {
 	waiters []*waiter
-	ready   <-chan struct{}
 }
 
 type waiter struct {
@@ -82,12 +81,14 @@ func (m *lockManager) enqueue(key string, slot uint16) *waiter {
 	m.mu.Lock()
 	q := m.queues[key]
 	if q == nil {
-		q = &waitQueue{ready: m.sub.Subscribe(key, slot)}
+		q = &waitQueue{}
 		m.queues[key] = q
 	}
 	q.waiters = append(q.waiters, w)
-	ready := q.ready
 	m.mu.Unlock()
+	// Every waiter holds a reference to the release channel's subscription (dequeue drops
+	// it). Subscribing may dial: never while holding the queues' lock, which releases need.
+	ready := m.sub.Subscribe(key, slot)
 	m.waiting.Add(1)
 	select {
 	case <-ready:
@@ -99,6 +100,7 @@ func (m *lockManager) enqueue(key string, slot uint16) *waiter {
 
 // dequeue removes w; when w was the head, the next waiter becomes head and is woken to try.
 func (m *lockManager) dequeue(key string, w *waiter) {
+	defer m.sub.Unsubscribe(key)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.waiting.Add(-1)
@@ -118,7 +120,6 @@ func (m *lockManager) dequeue(key string, w *waiter) {
 	}
 	if len(q.waiters) == 0 {
 		delete(m.queues, key)
-		m.sub.Unsubscribe(key)
 	}
 }
 
