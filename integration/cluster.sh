@@ -481,13 +481,28 @@ with_lock() {
   "$@"
 }
 
+# restart-node PORT: start a node of the running cluster again (after a test killed it), with
+# its data directory and nodes.conf, so that it rejoins (as a replica, if it was failed over).
+cmd_restart_node() {
+  local port="${1:-}"
+  [[ "$port" =~ ^[0-9]+$ ]] || die "usage: $0 restart-node PORT"
+  [ -d "$(node_dir "$port")" ] || die "no node directory for port $port in $STATE_DIR"
+  if [ "$(vcli "$port" PING 2>/dev/null || true)" = "PONG" ]; then
+    log "node $port is running"
+    return 0
+  fi
+  start_node "$port" cluster || die "node $port did not start again"
+  log "node $port started again"
+}
+
 case "${1:-}" in
   start) with_lock cmd_start ;;
   stop) with_lock cmd_stop ;;
   status) cmd_status ;;
   env) cmd_env ;;
+  restart-node) with_lock cmd_restart_node "${2:-}" ;;
   *)
-    echo "usage: $0 start|stop|status|env" >&2
+    echo "usage: $0 start|stop|status|env|restart-node PORT" >&2
     exit 2
     ;;
 esac
