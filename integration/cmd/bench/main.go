@@ -20,8 +20,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"debug/buildinfo"
 	"encoding/csv"
 	"errors"
 	"flag"
@@ -29,17 +27,15 @@ import (
 	"io"
 	"math"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"runtime"
-	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/valkey-lock-proxy/valkey-lock-proxy/integration/internal/benchkit"
 )
 
 type config struct {
@@ -64,15 +60,7 @@ type config struct {
 	profileDur time.Duration
 }
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:])
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(1)
-	}
-}
+func main() { benchkit.Main("bench", run) }
 
 func parseFlags(argv []string) (config, error) {
 	var c config
@@ -107,14 +95,14 @@ func parseFlags(argv []string) (config, error) {
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	for _, p := range splitList(*pipelines) {
+	for _, p := range benchkit.SplitList(*pipelines) {
 		n, err := strconv.Atoi(p)
 		if err != nil || n < 1 {
 			return c, fmt.Errorf("-pipelines: bad value %q", p)
 		}
 		c.pipelines = append(c.pipelines, n)
 	}
-	for _, t := range splitList(*tests) {
+	for _, t := range benchkit.SplitList(*tests) {
 		c.tests = append(c.tests, strings.ToLower(t))
 	}
 	switch {
@@ -128,123 +116,37 @@ func parseFlags(argv []string) (config, error) {
 	return c, nil
 }
 
-func splitList(s string) []string {
-	var out []string
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			out = append(out, f)
-		}
-	}
-	return out
-}
-
 // ---------------------------------------------------------------------------------------------
 // Process accounting from /proc.
 
-var clkTck = func() float64 {
-	out, err := exec.Command("getconf", "CLK_TCK").Output()
-	if err == nil {
-		if v, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64); err == nil && v > 0 {
-			return v
-		}
-	}
-	return 100
-}()
-
-// procSample is one reading of a process's counters.
-type procSample struct {
-	cpu    time.Duration // utime+stime, every thread, live and exited
-	syscr  uint64        // read-family syscalls (read, readv, pread); not recvmsg or epoll
-	syscw  uint64        // write-family syscalls (write, writev, pwrite); not sendmsg
-	ioOK   bool
-	cpuErr error
-}
-
-func readProc(pid int) procSample {
-	var s procSample
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		s.cpuErr = err
-		return s
-	}
-	// The command name (field 2) may hold spaces: fields count from after its closing ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		s.cpuErr = errors.New("malformed /proc stat")
-		return s
-	}
-	f := strings.Fields(string(b[i+1:]))
-	// f[0] is field 3 (state): utime is field 14, stime field 15.
-	if len(f) < 13 {
-		s.cpuErr = errors.New("short /proc stat")
-		return s
-	}
-	ut, err1 := strconv.ParseUint(f[11], 10, 64)
-	st, err2 := strconv.ParseUint(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		s.cpuErr = errors.New("bad /proc stat times")
-		return s
-	}
-	s.cpu = time.Duration(float64(ut+st) / clkTck * float64(time.Second))
-	if io, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid)); err == nil {
-		var gotR, gotW bool
-		for _, line := range strings.Split(string(io), "\n") {
-			k, v, ok := strings.Cut(line, ":")
-			if !ok {
-				continue
-			}
-			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-			if err != nil {
-				continue
-			}
-			switch k {
-			case "syscr":
-				s.syscr, gotR = n, true
-			case "syscw":
-				s.syscw, gotW = n, true
-			}
-		}
-		s.ioOK = gotR && gotW
-	}
-	return s
-}
-
-// groupSample sums procSample over several processes.
+// groupSample sums the /proc counters of several processes.
 type groupSample struct {
-	cpu          time.Duration
-	syscr, syscw uint64
+	cpu          time.Duration // utime+stime, every thread, live and exited
+	syscr, syscw uint64        // read- and write-family syscalls (read, readv, write, writev; not recvmsg, sendmsg or epoll)
 	cpuOK, ioOK  bool
 }
 
 func readGroup(pids []int) groupSample {
 	g := groupSample{cpuOK: len(pids) > 0, ioOK: len(pids) > 0}
 	for _, pid := range pids {
-		s := readProc(pid)
-		if s.cpuErr != nil {
-			g.cpuOK = false
-		}
-		if !s.ioOK {
-			g.ioOK = false
-		}
-		g.cpu += s.cpu
-		g.syscr += s.syscr
-		g.syscw += s.syscw
+		cpu, cpuOK := benchkit.ProcCPU(pid)
+		r, w, ioOK := benchkit.ProcIO(pid)
+		g.cpuOK = g.cpuOK && cpuOK
+		g.ioOK = g.ioOK && ioOK
+		g.cpu += cpu
+		g.syscr += r
+		g.syscw += w
 	}
 	return g
 }
 
 // perReq turns the difference of two samples into per-request figures (NaN when unknown).
 func perReq(before, after groupSample, requests int) (cpuUS, reads, writes float64) {
-	cpuUS, reads, writes = math.NaN(), math.NaN(), math.NaN()
-	n := float64(requests)
-	if before.cpuOK && after.cpuOK {
-		cpuUS = float64(after.cpu-before.cpu) / float64(time.Microsecond) / n
-	}
-	if before.ioOK && after.ioOK {
-		reads = float64(after.syscr-before.syscr) / n
-		writes = float64(after.syscw-before.syscw) / n
-	}
-	return
+	n := int64(requests)
+	ioOK := before.ioOK && after.ioOK
+	return benchkit.MicrosPer(before.cpu, after.cpu, before.cpuOK && after.cpuOK, n),
+		benchkit.CountPer(before.syscr, after.syscr, ioOK, n),
+		benchkit.CountPer(before.syscw, after.syscw, ioOK, n)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -524,123 +426,6 @@ func (ci clusterInfo) cmdStats(cmd string) (calls, errs uint64, ok bool) {
 	return calls, errs, true
 }
 
-// machineBusy reads the busy time of every CPU from /proc/stat.
-func machineBusy() (time.Duration, bool) {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, false
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line)
-	if len(f) < 5 || f[0] != "cpu" {
-		return 0, false
-	}
-	var busy uint64
-	for i, v := range f[1:] {
-		x, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			return 0, false
-		}
-		// user nice system idle iowait irq softirq steal guest guest_nice: guest time is
-		// already in user and nice; idle and iowait are not busy.
-		if i == 3 || i == 4 || i >= 8 {
-			continue
-		}
-		busy += x
-	}
-	return time.Duration(float64(busy) / clkTck * float64(time.Second)), true
-}
-
-// ---------------------------------------------------------------------------------------------
-// The proxy under test.
-
-type proxyProc struct {
-	cmd    *exec.Cmd
-	addr   string
-	pprof  string
-	args   []string
-	exited chan struct{}
-	err    error
-}
-
-func freePort() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr, nil
-}
-
-func startProxy(ctx context.Context, c config) (*proxyProc, error) {
-	addr, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	p := &proxyProc{addr: addr, exited: make(chan struct{})}
-	p.args = []string{"--listen", addr, "--upstream", c.upstream, "--log-level", "warn"}
-	if c.profile != "" {
-		if p.pprof, err = freePort(); err != nil {
-			return nil, err
-		}
-		p.args = append(p.args, "--pprof", p.pprof)
-	}
-	// Not CommandContext: the proxy is stopped by its PID in stop, SIGTERM first.
-	p.cmd = exec.Command(c.proxyBin, p.args...)
-	p.cmd.Stdout = os.Stderr
-	p.cmd.Stderr = os.Stderr
-	if err := p.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start proxy: %w", err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.exited)
-	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		rc, err := dialRESP(addr, time.Second)
-		if err == nil {
-			v, err := rc.do("PING")
-			rc.Close()
-			if err == nil && v == "PONG" {
-				return p, nil
-			}
-		}
-		select {
-		case <-p.exited:
-			return nil, fmt.Errorf("proxy exited during start-up: %v", p.err)
-		case <-ctx.Done():
-			p.stop()
-			return nil, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			p.stop()
-			return nil, fmt.Errorf("proxy on %s did not answer PING within 30s", addr)
-		}
-	}
-}
-
-func (p *proxyProc) pid() int { return p.cmd.Process.Pid }
-
-// stop ends the proxy by its PID: SIGTERM, then SIGKILL after 15 s.
-func (p *proxyProc) stop() {
-	select {
-	case <-p.exited:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(15 * time.Second):
-		fmt.Fprintf(os.Stderr, "bench: proxy pid %d ignored SIGTERM; killing it\n", p.pid())
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	}
-}
-
 // ---------------------------------------------------------------------------------------------
 // valkey-benchmark runs.
 
@@ -688,7 +473,7 @@ func runBench(ctx context.Context, c config, args []string) (benchOut, error) {
 		if ctx.Err() == context.DeadlineExceeded {
 			err = fmt.Errorf("timed out after %s", c.timeout)
 		}
-		return out, fmt.Errorf("%s %s: %w: %s", c.benchBin, strings.Join(args, " "), err, tail(stderr.String()))
+		return out, fmt.Errorf("%s %s: %w: %s", c.benchBin, strings.Join(args, " "), err, benchkit.Tail(stderr.String()))
 	}
 	// In cluster mode valkey-benchmark prints the node list to stdout before the CSV.
 	var rows []string
@@ -699,7 +484,7 @@ func runBench(ctx context.Context, c config, args []string) (benchOut, error) {
 	}
 	recs, err := csv.NewReader(strings.NewReader(strings.Join(rows, "\n"))).ReadAll()
 	if err != nil || len(recs) < 2 {
-		return out, fmt.Errorf("unparsable valkey-benchmark output (%v): %s", err, tail(stdout.String()))
+		return out, fmt.Errorf("unparsable valkey-benchmark output (%v): %s", err, benchkit.Tail(stdout.String()))
 	}
 	col := map[string]int{}
 	for i, h := range recs[0] {
@@ -727,14 +512,6 @@ func runBench(ctx context.Context, c config, args []string) (benchOut, error) {
 	return out, nil
 }
 
-func tail(s string) string {
-	s = strings.TrimSpace(s)
-	if len(s) > 400 {
-		s = "..." + s[len(s)-400:]
-	}
-	return s
-}
-
 // sample is one measured run of one cell against one target.
 type sample struct {
 	rps, p50ms           float64
@@ -752,7 +529,7 @@ type sample struct {
 
 func nan() float64 { return math.NaN() }
 
-func measure(ctx context.Context, c config, seeds []string, px *proxyProc, t target, test string, pipeline int, seed int64) (sample, error) {
+func measure(ctx context.Context, c config, seeds []string, px *benchkit.Proxy, t target, test string, pipeline int, seed int64) (sample, error) {
 	s := sample{proxyUS: nan(), proxyR: nan(), proxyW: nan(), proxyCoreUtilisation: nan(),
 		busyCores: nan(), otherCores: nan(), executed: nan()}
 	ci, err := discoverAny(seeds)
@@ -765,14 +542,14 @@ func measure(ctx context.Context, c config, seeds []string, px *proxyProc, t tar
 	primPIDs, replPIDs := ci.pids(true), ci.pids(false)
 	var proxyPIDs []int
 	if t.name == "proxy" {
-		proxyPIDs = []int{px.pid()}
+		proxyPIDs = []int{px.PID()}
 	}
 	callsBefore, errsBefore, statsOK := ci.cmdStats(test)
-	mb, mbOK := machineBusy()
+	mb, mbOK := benchkit.MachineBusy()
 	pb, prb, rb := readGroup(proxyPIDs), readGroup(primPIDs), readGroup(replPIDs)
 	out, err := runBench(ctx, c, benchArgs(c, t, test, pipeline, c.requests, seed))
 	pa, pra, ra := readGroup(proxyPIDs), readGroup(primPIDs), readGroup(replPIDs)
-	ma, maOK := machineBusy()
+	ma, maOK := benchkit.MachineBusy()
 	callsAfter, errsAfter, statsOK2 := ci.cmdStats(test)
 	if err != nil {
 		return s, err
@@ -842,23 +619,6 @@ type roundResult struct {
 	direct, proxy sample
 }
 
-func median(xs []float64) float64 {
-	var v []float64
-	for _, x := range xs {
-		if !math.IsNaN(x) {
-			v = append(v, x)
-		}
-	}
-	if len(v) == 0 {
-		return math.NaN()
-	}
-	sort.Float64s(v)
-	if len(v)%2 == 1 {
-		return v[len(v)/2]
-	}
-	return (v[len(v)/2-1] + v[len(v)/2]) / 2
-}
-
 func pick(rs []roundResult, f func(roundResult) float64) []float64 {
 	out := make([]float64, len(rs))
 	for i, r := range rs {
@@ -867,91 +627,12 @@ func pick(rs []roundResult, f func(roundResult) float64) []float64 {
 	return out
 }
 
-func fnum(x float64, prec int) string {
-	if math.IsNaN(x) || math.IsInf(x, 0) {
-		return "n/a"
-	}
-	return strconv.FormatFloat(x, 'f', prec, 64)
-}
-
-func shellQuote(args []string) string {
-	out := make([]string, len(args))
-	for i, a := range args {
-		if a != "" && !strings.ContainsAny(a, " \t\n'\"\\$`*?[]{}();&|<>!#~") {
-			out[i] = a
-		} else {
-			out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
-		}
-	}
-	return strings.Join(out, " ")
-}
-
-func cpuModel() string {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return "unknown"
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown"
-}
-
-func readTrim(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "unknown"
-	}
-	return strings.TrimSpace(string(b))
-}
-
 func benchVersion(bin string) string {
 	out, err := exec.Command(bin, "--version").Output()
 	if err != nil {
 		return "unknown"
 	}
 	return strings.TrimSpace(string(out))
-}
-
-func proxyBuild(bin string) string {
-	s := "build info unavailable"
-	if bi, err := buildinfo.ReadFile(bin); err == nil {
-		s = bi.GoVersion + vcsInfo(bi.Settings)
-	}
-	if b, err := os.ReadFile(bin); err == nil {
-		s += fmt.Sprintf(", sha256 %x", sha256.Sum256(b))[:len(", sha256 ")+16]
-	}
-	return s
-}
-
-func vcsInfo(settings []debug.BuildSetting) string {
-	var s string
-	var rev, mod, at string
-	for _, kv := range settings {
-		switch kv.Key {
-		case "vcs.revision":
-			rev = kv.Value
-		case "vcs.modified":
-			mod = kv.Value
-		case "vcs.time":
-			at = kv.Value
-		}
-	}
-	if rev != "" {
-		if len(rev) > 12 {
-			rev = rev[:12]
-		}
-		s += ", revision " + rev
-		if mod == "true" {
-			s += " (modified working tree)"
-		}
-		if at != "" {
-			s += " of " + at
-		}
-	}
-	return s
 }
 
 func run(ctx context.Context, argv []string) error {
@@ -965,27 +646,28 @@ func run(ctx context.Context, argv []string) error {
 	if _, err := os.Stat(c.proxyBin); err != nil {
 		return fmt.Errorf("-proxy-bin: %w (build it with: go build -o bin/valkey-lock-proxy .)", err)
 	}
-	seeds := append([]string{c.cluster}, splitList(c.upstream)...)
+	seeds := append([]string{c.cluster}, benchkit.SplitList(c.upstream)...)
 	ci, err := discoverAny(seeds)
 	if err != nil {
 		return err
 	}
 	started := time.Now()
-	loadStart := readTrim("/proc/loadavg")
+	loadStart := benchkit.LoadAvg()
 
-	px, err := startProxy(ctx, c)
+	px, err := benchkit.StartProxy(ctx, benchkit.ProxyOptions{
+		Bin: c.proxyBin, Upstream: c.upstream, Pprof: c.profile != "", Logf: logf})
 	if err != nil {
 		return err
 	}
-	defer px.stop()
+	defer px.Stop()
 	logf("proxy pid %d listening on %s; cluster %d primaries + %d replicas (Valkey %s)",
-		px.pid(), px.addr, len(ci.primaries), len(ci.replicas), ci.version)
+		px.PID(), px.Addr, len(ci.primaries), len(ci.replicas), ci.version)
 	if ci.pidNote != "" {
 		logf("%s", ci.pidNote)
 	}
 
 	direct := target{name: "direct", addr: c.cluster, cluster: true}
-	viaProxy := target{name: "proxy", addr: px.addr}
+	viaProxy := target{name: "proxy", addr: px.Addr}
 
 	if c.prefill {
 		n := 3 * c.keyspace // covers about 95% of the key space
@@ -1049,9 +731,11 @@ func run(ctx context.Context, argv []string) error {
 				}
 				extra := ""
 				if t.name == "proxy" {
-					extra = fmt.Sprintf(", proxy %s µs/req (%s cores)", fnum(s.proxyUS, 1), fnum(s.proxyCoreUtilisation, 2))
+					extra = fmt.Sprintf(", proxy %s µs/req (%s cores)",
+						benchkit.Num(s.proxyUS, 1), benchkit.Num(s.proxyCoreUtilisation, 2))
 				}
-				extra += fmt.Sprintf("; machine %s cores busy, %s of them others", fnum(s.busyCores, 2), fnum(s.otherCores, 2))
+				extra += fmt.Sprintf("; machine %s cores busy, %s of them others",
+					benchkit.Num(s.busyCores, 2), benchkit.Num(s.otherCores, 2))
 				logf("round %d/%d %-4s P%-3d %-6s %9.0f rps%s", r+1, c.rounds, k.test, k.pipeline, t.name, s.rps, extra)
 			}
 			results[k] = append(results[k], rr)
@@ -1065,17 +749,10 @@ func run(ctx context.Context, argv []string) error {
 			return err
 		}
 	}
-	px.stop()
+	px.Stop()
 
 	report := buildReport(c, ci, px, direct, viaProxy, cells, results, started, loadStart, profileTop, retried)
-	fmt.Print(report)
-	if c.out != "" {
-		if err := os.WriteFile(c.out, []byte(report), 0o644); err != nil {
-			return err
-		}
-		logf("report written to %s", c.out)
-	}
-	return nil
+	return benchkit.WriteReport(report, c.out, logf)
 }
 
 func logf(format string, args ...any) {
@@ -1084,7 +761,7 @@ func logf(format string, args ...any) {
 
 // captureProfile keeps a pipeline-1 SET+GET load on the proxy while it fetches a CPU profile
 // from the proxy's pprof endpoint; it writes the profile and returns the top of pprof -top.
-func captureProfile(ctx context.Context, c config, px *proxyProc, viaProxy target) (string, error) {
+func captureProfile(ctx context.Context, c config, px *benchkit.Proxy, viaProxy target) (string, error) {
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	loadDone := make(chan error, 1)
@@ -1109,42 +786,28 @@ func captureProfile(ctx context.Context, c config, px *proxyProc, viaProxy targe
 	case err := <-loadDone:
 		return "", fmt.Errorf("profile load: %w", err)
 	}
-	before := readProc(px.pid())
-	secs := int(math.Ceil(c.profileDur.Seconds()))
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
-		fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", px.pprof, secs), nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := (&http.Client{Timeout: c.profileDur + 30*time.Second}).Do(req)
-	if err != nil {
-		return "", fmt.Errorf("fetch profile: %w", err)
-	}
-	data, err := io.ReadAll(resp.Body)
-	_ = resp.Body.Close()
-	after := readProc(px.pid())
+	before, _ := benchkit.ProcCPU(px.PID())
+	data, err := px.CPUProfile(ctx, c.profileDur)
+	after, _ := benchkit.ProcCPU(px.PID())
 	stopLoad()
 	if lerr := <-loadDone; lerr != nil {
 		return "", fmt.Errorf("profile load: %w", lerr)
 	}
 	if err != nil {
-		return "", fmt.Errorf("read profile: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("fetch profile: %s: %s", resp.Status, tail(string(data)))
+		return "", err
 	}
 	if err := os.WriteFile(c.profile, data, 0o644); err != nil {
 		return "", err
 	}
 	logf("profile written to %s (proxy used %.2f cores meanwhile)", c.profile,
-		float64(after.cpu-before.cpu)/float64(c.profileDur))
+		float64(after-before)/float64(c.profileDur))
 
 	// The first `go tool pprof` on a machine builds the tool: minutes on a busy small box.
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(pctx, "go", "tool", "pprof", "-top", c.profile).CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("go tool pprof -top: %w: %s", err, tail(string(out)))
+		return "", fmt.Errorf("go tool pprof -top: %w: %s", err, benchkit.Tail(string(out)))
 	}
 	lines := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
 	if len(lines) > 25 {
@@ -1155,19 +818,20 @@ func captureProfile(ctx context.Context, c config, px *proxyProc, viaProxy targe
 	return top, nil
 }
 
-func buildReport(c config, ci clusterInfo, px *proxyProc, direct, viaProxy target, cells []cellKey,
+func buildReport(c config, ci clusterInfo, px *benchkit.Proxy, direct, viaProxy target, cells []cellKey,
 	results map[cellKey][]roundResult, started time.Time, loadStart, profileTop string, retried int) string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 
 	w("# valkey-lock-proxy benchmark: direct to the cluster vs through the proxy\n\n")
-	w("- Command: `go run ./integration/cmd/bench %s`\n", shellQuote(os.Args[1:]))
+	w("- Command: `go run ./integration/cmd/bench %s`\n", benchkit.ShellQuote(os.Args[1:]))
 	w("- Date: %s (took %s)\n", started.UTC().Format(time.RFC3339), time.Since(started).Round(time.Second))
+	mach := benchkit.Machine()
 	w("- Machine: %d CPUs (nproc), %s, Linux %s; load average at start %q, at end %q\n",
-		runtime.NumCPU(), cpuModel(), readTrim("/proc/sys/kernel/osrelease"), loadStart, readTrim("/proc/loadavg"))
+		mach.CPUs, mach.Model, mach.Kernel, loadStart, mach.LoadAvg)
 	w("- Valkey %s: %d primaries + %d replicas, seed %s; %s\n", ci.version, len(ci.primaries), len(ci.replicas),
 		c.cluster, benchVersion(c.benchBin))
-	w("- Proxy: `%s %s` (%s)", c.proxyBin, shellQuote(px.args), proxyBuild(c.proxyBin))
+	w("- Proxy: `%s %s` (%s)", c.proxyBin, benchkit.ShellQuote(px.Args), benchkit.ProxyBuild(c.proxyBin))
 	for _, e := range []string{"GOMAXPROCS", "GOGC", "GODEBUG"} {
 		if v := os.Getenv(e); v != "" {
 			w(", %s=%s", e, v)
@@ -1180,8 +844,8 @@ func buildReport(c config, ci clusterInfo, px *proxyProc, direct, viaProxy targe
 		c.rounds, c.requests, c.clients, c.keyspace, c.data, c.seed, c.prefill, c.warmup)
 	k0 := cells[0]
 	w("- Example runs: direct `%s %s`, proxy `%s %s`\n",
-		c.benchBin, shellQuote(benchArgs(c, direct, k0.test, k0.pipeline, c.requests, c.seed)),
-		c.benchBin, shellQuote(benchArgs(c, viaProxy, k0.test, k0.pipeline, c.requests, c.seed)))
+		c.benchBin, benchkit.ShellQuote(benchArgs(c, direct, k0.test, k0.pipeline, c.requests, c.seed)),
+		c.benchBin, benchkit.ShellQuote(benchArgs(c, viaProxy, k0.test, k0.pipeline, c.requests, c.seed)))
 	w("- Shared machine: the load generator (one single-threaded valkey-benchmark), the proxy and all %d Valkey "+
 		"nodes run on the same %d CPUs, together with whatever else is running; when they saturate them, "+
 		"throughput is about cores / total CPU per request, so the ratios measure CPU per request as much as latency.\n",
@@ -1199,7 +863,7 @@ func buildReport(c config, ci clusterInfo, px *proxyProc, direct, viaProxy targe
 		}
 	}
 	w("- Interference: CPUs busy with work other than this benchmark's processes during the runs, median %s "+
-		"(per run in the last table)\n", fnum(median(others), 2))
+		"(per run in the last table)\n", benchkit.Num(benchkit.Median(others), 2))
 	if retried > 0 {
 		w("- %d failed run(s) were retried (see the tool's stderr for the errors)\n", retried)
 	}
@@ -1209,30 +873,31 @@ func buildReport(c config, ci clusterInfo, px *proxyProc, direct, viaProxy targe
 	w("|---|---|---|---|---|---|---|---|\n")
 	for _, k := range cells {
 		rs := results[k]
-		d := median(pick(rs, func(r roundResult) float64 { return r.direct.rps }))
-		p := median(pick(rs, func(r roundResult) float64 { return r.proxy.rps }))
+		d := benchkit.Median(pick(rs, func(r roundResult) float64 { return r.direct.rps }))
+		p := benchkit.Median(pick(rs, func(r roundResult) float64 { return r.proxy.rps }))
 		ratios := pick(rs, func(r roundResult) float64 { return r.proxy.rps / r.direct.rps })
 		var rstr []string
 		for _, x := range ratios {
-			rstr = append(rstr, fnum(x, 2))
+			rstr = append(rstr, benchkit.Num(x, 2))
 		}
 		w("| %s | %d | %s | %s | **%s** | %s | %s | %s / %s |\n", strings.ToUpper(k.test), k.pipeline,
-			fnum(d, 0), fnum(p, 0), fnum(p/d, 2), fnum(median(ratios), 2), strings.Join(rstr, " "),
-			fnum(median(pick(rs, func(r roundResult) float64 { return r.direct.p50ms })), 3),
-			fnum(median(pick(rs, func(r roundResult) float64 { return r.proxy.p50ms })), 3))
+			benchkit.Num(d, 0), benchkit.Num(p, 0), benchkit.Num(p/d, 2), benchkit.Num(benchkit.Median(ratios), 2),
+			strings.Join(rstr, " "),
+			benchkit.Num(benchkit.Median(pick(rs, func(r roundResult) float64 { return r.direct.p50ms })), 3),
+			benchkit.Num(benchkit.Median(pick(rs, func(r roundResult) float64 { return r.proxy.p50ms })), 3))
 	}
 
 	w("\n## CPU per request (µs, medians of %d rounds)\n\n", c.rounds)
 	w("Process CPU time (utime+stime from /proc/PID/stat, %g ticks/s, so ±%.0f ms per reading) divided by the "+
 		"requests of the run. *Total* adds proxy, Valkey primaries and replicas, and valkey-benchmark; "+
 		"*CPU-model ratio* = total direct / total via proxy, which is what the ratio should be if the run is CPU-bound.\n\n",
-		clkTck, 1000/clkTck)
+		benchkit.ClockTicks(), 1000/benchkit.ClockTicks())
 	w("| test | P | proxy | primaries direct | primaries via proxy | replicas direct | replicas via proxy | " +
 		"valkey-benchmark direct | valkey-benchmark via proxy | total direct | total via proxy | CPU-model ratio |\n")
 	w("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, k := range cells {
 		rs := results[k]
-		m := func(f func(roundResult) float64) float64 { return median(pick(rs, f)) }
+		m := func(f func(roundResult) float64) float64 { return benchkit.Median(pick(rs, f)) }
 		proxyUS := m(func(r roundResult) float64 { return r.proxy.proxyUS })
 		pd := m(func(r roundResult) float64 { return r.direct.primUS })
 		pp := m(func(r roundResult) float64 { return r.proxy.primUS })
@@ -1245,8 +910,8 @@ func buildReport(c config, ci clusterInfo, px *proxyProc, direct, viaProxy targe
 			return r.proxy.proxyUS + r.proxy.primUS + r.proxy.replUS + r.proxy.genUS
 		})
 		w("| %s | %d | **%s** | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", strings.ToUpper(k.test), k.pipeline,
-			fnum(proxyUS, 1), fnum(pd, 1), fnum(pp, 1), fnum(rd, 1), fnum(rp, 1), fnum(gd, 1), fnum(gp, 1),
-			fnum(td, 1), fnum(tp, 1), fnum(td/tp, 2))
+			benchkit.Num(proxyUS, 1), benchkit.Num(pd, 1), benchkit.Num(pp, 1), benchkit.Num(rd, 1), benchkit.Num(rp, 1),
+			benchkit.Num(gd, 1), benchkit.Num(gp, 1), benchkit.Num(td, 1), benchkit.Num(tp, 1), benchkit.Num(td/tp, 2))
 	}
 
 	w("\n## Syscalls per request (medians)\n\n")
@@ -1257,7 +922,7 @@ func buildReport(c config, ci clusterInfo, px *proxyProc, direct, viaProxy targe
 	w("|---|---|---|---|---|---|---|---|\n")
 	for _, k := range cells {
 		rs := results[k]
-		m := func(f func(roundResult) float64) string { return fnum(median(pick(rs, f)), 3) }
+		m := func(f func(roundResult) float64) string { return benchkit.Num(benchkit.Median(pick(rs, f)), 3) }
 		w("| %s | %d | %s | %s | %s | %s | %s | %s |\n", strings.ToUpper(k.test), k.pipeline,
 			m(func(r roundResult) float64 { return r.proxy.proxyR }),
 			m(func(r roundResult) float64 { return r.proxy.proxyW }),
@@ -1287,12 +952,14 @@ func buildReport(c config, ci clusterInfo, px *proxyProc, direct, viaProxy targe
 				}
 				w("| %d | %s | %d | %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s |\n",
 					r, strings.ToUpper(k.test),
-					k.pipeline, first, fnum(rr.direct.rps, 0), fnum(rr.proxy.rps, 0), fnum(rr.proxy.rps/rr.direct.rps, 2),
-					fnum(rr.proxy.proxyUS, 1), fnum(rr.proxy.proxyCoreUtilisation, 2),
-					fnum(rr.direct.primUS, 1), fnum(rr.proxy.primUS, 1), fnum(rr.direct.genUS, 1), fnum(rr.proxy.genUS, 1),
-					fnum(rr.direct.busyCores, 2), fnum(rr.proxy.busyCores, 2),
-					fnum(rr.direct.otherCores, 2), fnum(rr.proxy.otherCores, 2),
-					fnum(rr.direct.executed, 3), fnum(rr.proxy.executed, 3))
+					k.pipeline, first, benchkit.Num(rr.direct.rps, 0), benchkit.Num(rr.proxy.rps, 0),
+					benchkit.Num(rr.proxy.rps/rr.direct.rps, 2),
+					benchkit.Num(rr.proxy.proxyUS, 1), benchkit.Num(rr.proxy.proxyCoreUtilisation, 2),
+					benchkit.Num(rr.direct.primUS, 1), benchkit.Num(rr.proxy.primUS, 1),
+					benchkit.Num(rr.direct.genUS, 1), benchkit.Num(rr.proxy.genUS, 1),
+					benchkit.Num(rr.direct.busyCores, 2), benchkit.Num(rr.proxy.busyCores, 2),
+					benchkit.Num(rr.direct.otherCores, 2), benchkit.Num(rr.proxy.otherCores, 2),
+					benchkit.Num(rr.direct.executed, 3), benchkit.Num(rr.proxy.executed, 3))
 			}
 		}
 	}

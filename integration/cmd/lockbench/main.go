@@ -41,23 +41,17 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"debug/buildinfo"
 	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"math"
 	mrand "math/rand/v2"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -65,7 +59,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -73,6 +66,7 @@ import (
 
 	"github.com/valkey-lock-proxy/valkey-lock-proxy/cluster"
 	"github.com/valkey-lock-proxy/valkey-lock-proxy/commands"
+	"github.com/valkey-lock-proxy/valkey-lock-proxy/integration/internal/benchkit"
 )
 
 type config struct {
@@ -101,15 +95,7 @@ type config struct {
 	replicaWaitMS int
 }
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:])
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "lockbench:", err)
-		os.Exit(1)
-	}
-}
+func main() { benchkit.Main("lockbench", run) }
 
 func parseFlags(argv []string) (config, error) {
 	var c config
@@ -144,11 +130,7 @@ func parseFlags(argv []string) (config, error) {
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	for _, s := range strings.Split(c.upstream, ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			c.seeds = append(c.seeds, s)
-		}
-	}
+	c.seeds = benchkit.SplitList(c.upstream)
 	switch {
 	case len(c.seeds) == 0:
 		return c, errors.New("-upstream must name at least one node")
@@ -171,66 +153,6 @@ func logf(format string, args ...any) {
 // ---------------------------------------------------------------------------------------------
 // Process and machine accounting from /proc.
 
-var clkTck = func() float64 {
-	out, err := exec.Command("getconf", "CLK_TCK").Output()
-	if err == nil {
-		if v, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64); err == nil && v > 0 {
-			return v
-		}
-	}
-	return 100
-}()
-
-// procCPU is utime+stime of a process (every thread), from /proc/PID/stat ("self" for this one).
-func procCPU(pid string) (time.Duration, bool) {
-	b, err := os.ReadFile("/proc/" + pid + "/stat")
-	if err != nil {
-		return 0, false
-	}
-	// The command name (field 2) may hold spaces: fields count from after its closing ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, false
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0, false
-	}
-	ut, err1 := strconv.ParseUint(f[11], 10, 64)
-	st, err2 := strconv.ParseUint(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, false
-	}
-	return time.Duration(float64(ut+st) / clkTck * float64(time.Second)), true
-}
-
-// machineBusy is the busy time of every CPU together, from /proc/stat.
-func machineBusy() (time.Duration, bool) {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, false
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line)
-	if len(f) < 5 || f[0] != "cpu" {
-		return 0, false
-	}
-	var busy uint64
-	for i, v := range f[1:] {
-		x, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			return 0, false
-		}
-		// user nice system idle iowait irq softirq steal guest guest_nice: guest is already in
-		// user and nice; idle and iowait are not busy.
-		if i == 3 || i == 4 || i >= 8 {
-			continue
-		}
-		busy += x
-	}
-	return time.Duration(float64(busy) / clkTck * float64(time.Second)), true
-}
-
 // cpuSample is one reading of the counters a cell reports per pair.
 type cpuSample struct {
 	proxy, self, machine       time.Duration
@@ -240,170 +162,28 @@ type cpuSample struct {
 	ioOK         bool
 }
 
-// procIO reads the read- and write-family system call counts of a process.
-func procIO(pid string) (syscr, syscw uint64, ok bool) {
-	b, err := os.ReadFile("/proc/" + pid + "/io")
-	if err != nil {
-		return 0, 0, false
-	}
-	var gotR, gotW bool
-	for _, line := range strings.Split(string(b), "\n") {
-		k, v, found := strings.Cut(line, ":")
-		if !found {
-			continue
-		}
-		n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-		if err != nil {
-			continue
-		}
-		switch k {
-		case "syscr":
-			syscr, gotR = n, true
-		case "syscw":
-			syscw, gotW = n, true
-		}
-	}
-	return syscr, syscw, gotR && gotW
-}
-
 func sampleCPU(proxyPID int) cpuSample {
 	var s cpuSample
 	if proxyPID > 0 {
-		s.proxy, s.proxyOK = procCPU(strconv.Itoa(proxyPID))
-		s.syscr, s.syscw, s.ioOK = procIO(strconv.Itoa(proxyPID))
+		s.proxy, s.proxyOK = benchkit.ProcCPU(proxyPID)
+		s.syscr, s.syscw, s.ioOK = benchkit.ProcIO(proxyPID)
 	}
-	s.self, s.selfOK = procCPU("self")
-	s.machine, s.machineOK = machineBusy()
+	s.self, s.selfOK = benchkit.SelfCPU()
+	s.machine, s.machineOK = benchkit.MachineBusy()
 	return s
-}
-
-// perPair is the CPU in µs per pair between two samples, NaN when unknown.
-func perPair(before, after time.Duration, ok bool, pairs int64) float64 {
-	if !ok || pairs <= 0 {
-		return math.NaN()
-	}
-	return float64(after-before) / float64(time.Microsecond) / float64(pairs)
 }
 
 // ---------------------------------------------------------------------------------------------
 // The proxies under test.
 
-type proxyProc struct {
-	name     string
-	replicas string
-	cmd      *exec.Cmd
-	addr     string
-	pprof    string
-	args     []string
-	exited   chan struct{}
-	err      error
-}
-
-func freePort() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr, nil
-}
-
-func startProxy(ctx context.Context, c config, dir, name, replicas string) (*proxyProc, error) {
-	addr, err := freePort()
-	if err != nil {
-		return nil, err
-	}
+// startProxy starts a proxy named name whose config file (in dir) sets locks.replicas.
+func startProxy(ctx context.Context, c config, dir, name, replicas string) (*benchkit.Proxy, error) {
 	cfgPath := filepath.Join(dir, name+".yaml")
 	if err := os.WriteFile(cfgPath, []byte("locks:\n  replicas: "+replicas+"\n"), 0o600); err != nil {
 		return nil, err
 	}
-	p := &proxyProc{name: name, replicas: replicas, addr: addr, exited: make(chan struct{})}
-	p.args = []string{"--config", cfgPath, "--listen", addr, "--upstream", c.upstream, "--log-level", "warn"}
-	if c.profile != "" {
-		if p.pprof, err = freePort(); err != nil {
-			return nil, err
-		}
-		p.args = append(p.args, "--pprof", p.pprof)
-	}
-	// Not CommandContext: the proxy is stopped by its PID in stop, SIGTERM first.
-	p.cmd = exec.Command(c.proxyBin, p.args...)
-	p.cmd.Stdout = os.Stderr
-	p.cmd.Stderr = os.Stderr
-	if err := p.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start proxy: %w", err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.exited)
-	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if pingRESP(addr) == nil {
-			return p, nil
-		}
-		select {
-		case <-p.exited:
-			return nil, fmt.Errorf("proxy %s exited during start-up: %v", name, p.err)
-		case <-ctx.Done():
-			p.stop()
-			return nil, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			p.stop()
-			return nil, fmt.Errorf("proxy %s on %s did not answer PING within 30s", name, addr)
-		}
-	}
-}
-
-// pingRESP sends one PING on a fresh connection and expects +PONG.
-func pingRESP(addr string) error {
-	conn, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := conn.Write([]byte("*1\r\n$4\r\nPING\r\n")); err != nil {
-		return err
-	}
-	buf := make([]byte, 7)
-	if _, err := io.ReadFull(conn, buf); err != nil {
-		return err
-	}
-	if string(buf) != "+PONG\r\n" {
-		return fmt.Errorf("unexpected PING reply %q", buf)
-	}
-	return nil
-}
-
-func (p *proxyProc) pid() int { return p.cmd.Process.Pid }
-
-// stop ends the proxy by its PID: SIGTERM, then SIGKILL after 15 s.
-func (p *proxyProc) stop() {
-	select {
-	case <-p.exited:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(15 * time.Second):
-		logf("proxy pid %d ignored SIGTERM; killing it", p.pid())
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	}
-}
-
-func (p *proxyProc) alive() bool {
-	select {
-	case <-p.exited:
-		return false
-	default:
-		return true
-	}
+	return benchkit.StartProxy(ctx, benchkit.ProxyOptions{Bin: c.proxyBin, Upstream: c.upstream, Config: cfgPath,
+		Pprof: c.profile != "", Name: name, Logf: logf})
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -635,7 +415,7 @@ const (
 type cell struct {
 	name string
 	kind cellKind
-	px   *proxyProc // nil for direct cells
+	px   *benchkit.Proxy // nil for direct cells
 }
 
 // env is what every cell needs.
@@ -658,9 +438,9 @@ func (e *env) newClient(cl cell, i int) (lockClient, error) {
 		return d, nil
 	default:
 		if e.c.proxyClient == "goredis" {
-			return newGoredisProxy(cl.px.addr, ttl, e.c.opTimeout), nil
+			return newGoredisProxy(cl.px.Addr, ttl, e.c.opTimeout), nil
 		}
-		return newRueidisProxy(cl.px.addr, ttl)
+		return newRueidisProxy(cl.px.Addr, ttl)
 	}
 }
 
@@ -668,7 +448,7 @@ func (e *env) newClients(ctx context.Context, cl cell, n int) ([]lockClient, err
 	clients := make([]lockClient, 0, n)
 	if cl.kind == cellProxy0Shared {
 		// One client: the pipeline is shared, each goroutine its own view.
-		rp, err := newRueidisProxy(cl.px.addr, strconv.Itoa(e.c.ttlMS))
+		rp, err := newRueidisProxy(cl.px.Addr, strconv.Itoa(e.c.ttlMS))
 		if err != nil {
 			return nil, fmt.Errorf("%s client: %w", cl.name, err)
 		}
@@ -724,7 +504,7 @@ func (e *env) throughput(ctx context.Context, cl cell, d time.Duration) (tputRes
 	defer closeAll(clients)
 	pid := 0
 	if cl.px != nil {
-		pid = cl.px.pid()
+		pid = cl.px.PID()
 	}
 	// Every command is bounded by the cell's end plus -op-timeout.
 	cctx, cancel := context.WithTimeout(ctx, d+e.c.opTimeout)
@@ -791,16 +571,14 @@ func (e *env) throughput(ctx context.Context, cl cell, d time.Duration) (tputRes
 		all = append(all, l...)
 	}
 	res.p50, res.p99 = pctMS(all, 50), pctMS(all, 99)
-	res.proxyUS = perPair(before.proxy, after.proxy, before.proxyOK && after.proxyOK, res.pairs)
-	res.selfUS = perPair(before.self, after.self, before.selfOK && after.selfOK, res.pairs)
-	res.machUS = perPair(before.machine, after.machine, before.machineOK && after.machineOK, res.pairs)
-	res.proxyReads, res.proxyWrites = math.NaN(), math.NaN()
-	if before.ioOK && after.ioOK && res.pairs > 0 {
-		res.proxyReads = float64(after.syscr-before.syscr) / float64(res.pairs)
-		res.proxyWrites = float64(after.syscw-before.syscw) / float64(res.pairs)
-	}
-	if cl.px != nil && !cl.px.alive() {
-		return res, fmt.Errorf("proxy %s exited: %v", cl.px.name, cl.px.err)
+	res.proxyUS = benchkit.MicrosPer(before.proxy, after.proxy, before.proxyOK && after.proxyOK, res.pairs)
+	res.selfUS = benchkit.MicrosPer(before.self, after.self, before.selfOK && after.selfOK, res.pairs)
+	res.machUS = benchkit.MicrosPer(before.machine, after.machine, before.machineOK && after.machineOK, res.pairs)
+	ioOK := before.ioOK && after.ioOK
+	res.proxyReads = benchkit.CountPer(before.syscr, after.syscr, ioOK, res.pairs)
+	res.proxyWrites = benchkit.CountPer(before.syscw, after.syscw, ioOK, res.pairs)
+	if cl.px != nil && !cl.px.Alive() {
+		return res, fmt.Errorf("proxy %s exited: %v", cl.px.Name, cl.px.Err())
 	}
 	return res, ctx.Err()
 }
@@ -963,8 +741,8 @@ func (e *env) contended(ctx context.Context, cl cell, target int, round int) (co
 	res.waits = append([]time.Duration(nil), waits[:res.acquired]...)
 	ws := append([]time.Duration(nil), res.waits...)
 	res.waitP50, res.waitP99 = pctMS(ws, 50), pctMS(ws, 99)
-	if cl.px != nil && !cl.px.alive() {
-		return res, fmt.Errorf("proxy %s exited: %v", cl.px.name, cl.px.err)
+	if cl.px != nil && !cl.px.Alive() {
+		return res, fmt.Errorf("proxy %s exited: %v", cl.px.Name, cl.px.Err())
 	}
 	if ctx.Err() != nil {
 		return res, ctx.Err()
@@ -1060,7 +838,7 @@ func run(ctx context.Context, argv []string) error {
 		return fmt.Errorf("-proxy-bin: %w (build it with: go build -o bin/valkey-lock-proxy .)", err)
 	}
 	started := time.Now()
-	loadStart := readTrim("/proc/loadavg")
+	loadStart := benchkit.LoadAvg()
 
 	direct, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: c.seeds, DisableCache: true})
 	if err != nil {
@@ -1085,13 +863,13 @@ func run(ctx context.Context, argv []string) error {
 	if err != nil {
 		return err
 	}
-	defer px0.stop()
+	defer px0.Stop()
 	pxAuto, err := startProxy(ctx, c, dir, "auto", "auto")
 	if err != nil {
 		return err
 	}
-	defer pxAuto.stop()
-	logf("proxy replicas 0: pid %d on %s; replicas auto: pid %d on %s", px0.pid(), px0.addr, pxAuto.pid(), pxAuto.addr)
+	defer pxAuto.Stop()
+	logf("proxy replicas 0: pid %d on %s; replicas auto: pid %d on %s", px0.PID(), px0.Addr, pxAuto.PID(), pxAuto.Addr)
 
 	e := &env{c: c, run: randomID(), direct: direct}
 	cells := []cell{{name: "direct", kind: cellDirect}}
@@ -1136,8 +914,9 @@ func run(ctx context.Context, argv []string) error {
 			rr.order = append(rr.order, cl.name)
 			rr.tput[cl.name] = res
 			logf("round %d/%d %-11s %8.0f pairs/s  p50 %s p99 %s ms  proxy %s µs/pair (%s reads %s writes)  this process %s µs/pair  not acquired %d  errors %d%s",
-				r+1, c.rounds, cl.name, res.rate, fnum(res.p50, 2), fnum(res.p99, 2), fnum(res.proxyUS, 1),
-				fnum(res.proxyReads, 2), fnum(res.proxyWrites, 2), fnum(res.selfUS, 1),
+				r+1, c.rounds, cl.name, res.rate, benchkit.Num(res.p50, 2), benchkit.Num(res.p99, 2),
+				benchkit.Num(res.proxyUS, 1), benchkit.Num(res.proxyReads, 2), benchkit.Num(res.proxyWrites, 2),
+				benchkit.Num(res.selfUS, 1),
 				res.notAcquired, res.errs, errNote(res.firstErr))
 		}
 		for _, cl := range corder {
@@ -1148,8 +927,10 @@ func run(ctx context.Context, argv []string) error {
 			rr.corder = append(rr.corder, cl.name)
 			rr.cont[cl.name] = res
 			logf("round %d/%d contended %-11s total %s ms  handoff p50 %s p99 %s max %s ms  wait p50 %s p99 %s ms  failed tries %d  inverted %d  same client %d  errors %d%s",
-				r+1, c.rounds, cl.name, fnum(ms(res.total), 1), fnum(res.p50, 3), fnum(res.p99, 3), fnum(res.maxMS, 3),
-				fnum(res.waitP50, 2), fnum(res.waitP99, 2), res.failed, res.inverted, res.self, res.errs, errNote(res.firstErr))
+				r+1, c.rounds, cl.name, benchkit.Num(ms(res.total), 1),
+				benchkit.Num(res.p50, 3), benchkit.Num(res.p99, 3), benchkit.Num(res.maxMS, 3),
+				benchkit.Num(res.waitP50, 2), benchkit.Num(res.waitP99, 2),
+				res.failed, res.inverted, res.self, res.errs, errNote(res.firstErr))
 		}
 		rounds = append(rounds, rr)
 	}
@@ -1161,18 +942,11 @@ func run(ctx context.Context, argv []string) error {
 			return err
 		}
 	}
-	px0.stop()
-	pxAuto.stop()
+	px0.Stop()
+	pxAuto.Stop()
 
 	report := buildReport(c, argv, topo, px0, cells, contCells, rounds, started, loadStart, profileTop)
-	fmt.Print(report)
-	if c.out != "" {
-		if err := os.WriteFile(c.out, []byte(report), 0o644); err != nil {
-			return err
-		}
-		logf("report written to %s", c.out)
-	}
-	return nil
+	return benchkit.WriteReport(report, c.out, logf)
 }
 
 func errNote(s string) string {
@@ -1211,21 +985,10 @@ func captureProfile(ctx context.Context, e *env, cells []cell) (string, error) {
 	}()
 	// Let the clients connect and the load settle before sampling.
 	sleepCtx(ctx, 500*time.Millisecond)
-	hc := &http.Client{Timeout: c.profileDur + 30*time.Second}
-	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", cl.px.pprof, int(math.Ceil(c.profileDur.Seconds())))
-	resp, err := hc.Get(url)
-	if err != nil {
-		<-ch
-		return "", fmt.Errorf("profile: %w", err)
-	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
-	_ = resp.Body.Close()
+	body, err := cl.px.CPUProfile(ctx, c.profileDur)
 	g := <-ch
 	if err != nil {
 		return "", fmt.Errorf("profile: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("profile: %s: %s", resp.Status, strings.TrimSpace(string(body)))
 	}
 	if g.err != nil {
 		return "", fmt.Errorf("profile load: %w", g.err)
@@ -1233,104 +996,22 @@ func captureProfile(ctx context.Context, e *env, cells []cell) (string, error) {
 	if err := os.WriteFile(c.profile, body, 0o644); err != nil {
 		return "", err
 	}
-	logf("profile written to %s (load: %.0f pairs/s, proxy %s µs/pair)", c.profile, g.res.rate, fnum(g.res.proxyUS, 1))
+	logf("profile written to %s (load: %.0f pairs/s, proxy %s µs/pair)", c.profile, g.res.rate,
+		benchkit.Num(g.res.proxyUS, 1))
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(pctx, "go", "tool", "pprof", "-top", "-nodecount=40", c.proxyBin, c.profile).Output()
 	if err != nil {
 		return fmt.Sprintf("(go tool pprof failed: %v)", err), nil
 	}
-	return fmt.Sprintf("load during the profile: %.0f pairs/s, proxy %s µs/pair\n\n%s", g.res.rate, fnum(g.res.proxyUS, 1), out), nil
+	return fmt.Sprintf("load during the profile: %.0f pairs/s, proxy %s µs/pair\n\n%s", g.res.rate,
+		benchkit.Num(g.res.proxyUS, 1), out), nil
 }
 
 // ---------------------------------------------------------------------------------------------
 // Report.
 
-func median(xs []float64) float64 {
-	var v []float64
-	for _, x := range xs {
-		if !math.IsNaN(x) {
-			v = append(v, x)
-		}
-	}
-	if len(v) == 0 {
-		return math.NaN()
-	}
-	sort.Float64s(v)
-	if len(v)%2 == 1 {
-		return v[len(v)/2]
-	}
-	return (v[len(v)/2-1] + v[len(v)/2]) / 2
-}
-
-func fnum(x float64, prec int) string {
-	if math.IsNaN(x) || math.IsInf(x, 0) {
-		return "n/a"
-	}
-	return strconv.FormatFloat(x, 'f', prec, 64)
-}
-
-func shellQuote(args []string) string {
-	out := make([]string, len(args))
-	for i, a := range args {
-		if a != "" && !strings.ContainsAny(a, " \t\n'\"\\$`*?[]{}();&|<>!#~") {
-			out[i] = a
-		} else {
-			out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
-		}
-	}
-	return strings.Join(out, " ")
-}
-
-func cpuModel() string {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return "unknown"
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown"
-}
-
-func readTrim(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "unknown"
-	}
-	return strings.TrimSpace(string(b))
-}
-
-func proxyBuild(bin string) string {
-	s := "build info unavailable"
-	if bi, err := buildinfo.ReadFile(bin); err == nil {
-		s = bi.GoVersion
-		var rev, mod string
-		for _, kv := range bi.Settings {
-			switch kv.Key {
-			case "vcs.revision":
-				rev = kv.Value
-			case "vcs.modified":
-				mod = kv.Value
-			}
-		}
-		if rev != "" {
-			s += ", revision " + rev[:min(12, len(rev))]
-			if mod == "true" {
-				s += " (modified working tree)"
-			}
-		}
-	}
-	if b, err := os.ReadFile(bin); err == nil {
-		sum := sha256.Sum256(b)
-		s += ", sha256 " + hex.EncodeToString(sum[:8])
-	}
-	return s
-}
-
-func buildReport(c config, argv []string, topo string, px *proxyProc, cells, contCells []cell, rounds []roundResult,
+func buildReport(c config, argv []string, topo string, px *benchkit.Proxy, cells, contCells []cell, rounds []roundResult,
 	started time.Time, loadStart, profileTop string) string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
@@ -1339,14 +1020,14 @@ func buildReport(c config, argv []string, topo string, px *proxyProc, cells, con
 		for i, r := range rounds {
 			xs[i] = f(r.tput[name])
 		}
-		return median(xs)
+		return benchkit.Median(xs)
 	}
 	ct := func(name string, f func(contResult) float64) float64 {
 		xs := make([]float64, len(rounds))
 		for i, r := range rounds {
 			xs[i] = f(r.cont[name])
 		}
-		return median(xs)
+		return benchkit.Median(xs)
 	}
 	clientDesc := "rueidis v1.0.79 standalone (ForceSingleClient, DisableCache, AlwaysRESP2), one client and connection per goroutine"
 	if c.proxyClient == "goredis" {
@@ -1354,12 +1035,13 @@ func buildReport(c config, argv []string, topo string, px *proxyProc, cells, con
 	}
 
 	w("# valkey-lock-proxy lock benchmark\n\n")
-	w("Command: `go run ./integration/cmd/lockbench %s`\n\n", shellQuote(argv))
+	w("Command: `go run ./integration/cmd/lockbench %s`\n\n", benchkit.ShellQuote(argv))
+	mach := benchkit.Machine()
 	w("- machine: %d CPUs (nproc), %s, kernel %s, load average before %s, after %s\n",
-		runtime.NumCPU(), cpuModel(), readTrim("/proc/sys/kernel/osrelease"), loadStart, readTrim("/proc/loadavg"))
+		mach.CPUs, mach.Model, mach.Kernel, loadStart, mach.LoadAvg)
 	w("- date: %s to %s (UTC)\n", started.UTC().Format(time.RFC3339), time.Now().UTC().Format(time.RFC3339))
 	w("- proxy: %s (%s), started twice with `%s` plus a config file setting `locks.replicas` to 0 and to auto\n",
-		c.proxyBin, proxyBuild(c.proxyBin), shellQuote(px.args[2:]))
+		c.proxyBin, benchkit.ProxyBuild(c.proxyBin), benchkit.ShellQuote(px.Args[2:])) // without --config FILE
 	w("- cluster: %s, seeds %s; shared with other users, so numbers are noisy\n", topo, c.upstream)
 	w("- lockbench: %s; direct client rueidis v1.0.79 cluster client (default options, DisableCache) shared by all goroutines\n", runtime.Version())
 	w("- proxy clients: %s\n", clientDesc)
@@ -1382,16 +1064,17 @@ func buildReport(c config, argv []string, topo string, px *proxyProc, cells, con
 		}
 		proxyCPU, proxySys := "-", "-"
 		if cl.px != nil {
-			proxyCPU = fnum(tp(cl.name, func(r tputResult) float64 { return r.proxyUS }), 1)
-			proxySys = fnum(tp(cl.name, func(r tputResult) float64 { return r.proxyReads }), 2) + " + " +
-				fnum(tp(cl.name, func(r tputResult) float64 { return r.proxyWrites }), 2)
+			proxyCPU = benchkit.Num(tp(cl.name, func(r tputResult) float64 { return r.proxyUS }), 1)
+			proxySys = benchkit.Num(tp(cl.name, func(r tputResult) float64 { return r.proxyReads }), 2) + " + " +
+				benchkit.Num(tp(cl.name, func(r tputResult) float64 { return r.proxyWrites }), 2)
 		}
-		w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d |\n", cl.name, fnum(rate, 0), fnum(rate/directRate, 2),
-			fnum(tp(cl.name, func(r tputResult) float64 { return r.p50 }), 2),
-			fnum(tp(cl.name, func(r tputResult) float64 { return r.p99 }), 2),
+		w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d |\n", cl.name,
+			benchkit.Num(rate, 0), benchkit.Num(rate/directRate, 2),
+			benchkit.Num(tp(cl.name, func(r tputResult) float64 { return r.p50 }), 2),
+			benchkit.Num(tp(cl.name, func(r tputResult) float64 { return r.p99 }), 2),
 			proxyCPU, proxySys,
-			fnum(tp(cl.name, func(r tputResult) float64 { return r.selfUS }), 1),
-			fnum(tp(cl.name, func(r tputResult) float64 { return r.machUS }), 1),
+			benchkit.Num(tp(cl.name, func(r tputResult) float64 { return r.selfUS }), 1),
+			benchkit.Num(tp(cl.name, func(r tputResult) float64 { return r.machUS }), 1),
 			notAcq, errs)
 	}
 	w("\nPer round (pairs/s, in the order run):\n\n")
@@ -1400,7 +1083,7 @@ func buildReport(c config, argv []string, topo string, px *proxyProc, cells, con
 	for i, r := range rounds {
 		var vals []string
 		for _, cl := range cells {
-			vals = append(vals, fnum(r.tput[cl.name].rate, 0))
+			vals = append(vals, benchkit.Num(r.tput[cl.name].rate, 0))
 		}
 		w("| %d | %s | %s |\n", i+1, strings.Join(r.order, " → "), strings.Join(vals, " | "))
 	}
@@ -1417,15 +1100,15 @@ func buildReport(c config, argv []string, topo string, px *proxyProc, cells, con
 			failed += r.cont[cl.name].failed
 		}
 		total := ct(cl.name, func(r contResult) float64 { return ms(r.total) })
-		w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |\n", cl.name, fnum(total, 1),
-			fnum(float64(c.contRounds)/(total/1000), 0),
-			fnum(ct(cl.name, func(r contResult) float64 { return r.p50 }), 3),
-			fnum(ct(cl.name, func(r contResult) float64 { return r.p99 }), 3),
-			fnum(pctMS(all, 99), 3),
-			fnum(pctMS(all, 100), 3),
-			fnum(ct(cl.name, func(r contResult) float64 { return r.waitP50 }), 2),
-			fnum(ct(cl.name, func(r contResult) float64 { return r.waitP99 }), 2),
-			fnum(float64(failed)/float64(len(rounds)*c.contRounds), 2), errs)
+		w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |\n", cl.name, benchkit.Num(total, 1),
+			benchkit.Num(float64(c.contRounds)/(total/1000), 0),
+			benchkit.Num(ct(cl.name, func(r contResult) float64 { return r.p50 }), 3),
+			benchkit.Num(ct(cl.name, func(r contResult) float64 { return r.p99 }), 3),
+			benchkit.Num(pctMS(all, 99), 3),
+			benchkit.Num(pctMS(all, 100), 3),
+			benchkit.Num(ct(cl.name, func(r contResult) float64 { return r.waitP50 }), 2),
+			benchkit.Num(ct(cl.name, func(r contResult) float64 { return r.waitP99 }), 2),
+			benchkit.Num(float64(failed)/float64(len(rounds)*c.contRounds), 2), errs)
 	}
 	w("\nWait: from a client's first try (LOCK ... WAIT, or the first poll) to holding the lock, per acquisition: what a caller experiences; "+
 		"with %d clients queued and hold ~0 it is about %d handoffs. ", c.contClients, c.contClients-1)
@@ -1461,7 +1144,8 @@ func buildReport(c config, argv []string, topo string, px *proxyProc, cells, con
 		var vals []string
 		for _, cl := range contCells {
 			x := r.cont[cl.name]
-			vals = append(vals, fnum(ms(x.total), 1)+" / "+fnum(x.p99, 3)+" / "+fnum(x.maxMS, 3)+" / "+fnum(x.waitP99, 1))
+			vals = append(vals, benchkit.Num(ms(x.total), 1)+" / "+benchkit.Num(x.p99, 3)+" / "+
+				benchkit.Num(x.maxMS, 3)+" / "+benchkit.Num(x.waitP99, 1))
 		}
 		w("| %d | %s | %s |\n", i+1, strings.Join(r.corder, " → "), strings.Join(vals, " | "))
 	}
