@@ -290,6 +290,7 @@ func (p *Pool) followRedirects(ex *Exchange) {
 			if c.Acks > 0 {
 				target = p.ackNode(target)
 			}
+			p.stats.redirects.Add(1)
 			retry.Calls = append(retry.Calls[:0], Call{Req: c.Req, Node: target})
 			o := &retry.ops[0]
 			o.reset(target, &retry)

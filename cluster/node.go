@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 const (
@@ -40,10 +42,11 @@ type Node struct {
 	waitTimeout int64
 	replicas    atomic.Int32
 
-	readonly   atomic.Bool // a replica: connections send READONLY first
-	writerOnce sync.Once
-	kick       chan struct{}
-	ackNext    atomic.Uint32
+	readonly    atomic.Bool // a replica: connections send READONLY first
+	lastDialLog atomic.Int64
+	writerOnce  sync.Once
+	kick        chan struct{}
+	ackNext     atomic.Uint32
 
 	// lastProgress is the coarse time (pool clock) of the last read, or of the moment the queue
 	// stopped being empty; the watchdog closes a connection that makes no progress.
@@ -263,6 +266,10 @@ func (n *Node) detachLocked(conn net.Conn) []*op {
 	n.queue, n.head = n.queue[:0], 0
 	n.outstanding.Add(-int64(len(failed)))
 	n.pool.requestRefresh()
+	if !n.pool.stopped.Load() {
+		n.pool.stats.connLost.Add(1)
+		n.pool.log.Warn("upstream connection lost", zap.String("node", n.Addr), zap.Int("requests_failed", len(failed)))
+	}
 	return failed
 }
 
@@ -277,6 +284,12 @@ func (n *Node) dialLocked() error {
 	conn, err := n.pool.dialNode(n)
 	if err != nil {
 		n.pool.requestRefresh()
+		n.pool.stats.dialFailed.Add(1)
+		// While a node is down every request tries it: log once a second at most.
+		if now := n.pool.now(); now-n.lastDialLog.Load() > int64(time.Second) {
+			n.lastDialLog.Store(now)
+			n.pool.log.Warn("cannot connect to upstream node", zap.String("node", n.Addr), zap.Error(err))
+		}
 		return fmt.Errorf("%w: cannot connect to %s: %v", ErrUpstream, n.Addr, err)
 	}
 	n.conn = conn

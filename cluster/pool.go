@@ -68,6 +68,7 @@ type Pool struct {
 
 	clock     atomic.Int64
 	stopped   atomic.Bool
+	stats     struct{ connLost, dialFailed, redirects atomic.Int64 }
 	refreshCh chan struct{}
 	stop      chan struct{}
 	wg        sync.WaitGroup
@@ -474,6 +475,11 @@ func (p *Pool) refresh(ctx context.Context) error {
 	p.primaries.Store(&prim)
 	p.replicaNodes.Store(&reps)
 	return nil
+}
+
+// Stats are counters for INFO: upstream connections lost, failed dials, redirects followed.
+func (p *Pool) Stats() (connLost, dialFailed, redirects int64) {
+	return p.stats.connLost.Load(), p.stats.dialFailed.Load(), p.stats.redirects.Load()
 }
 
 // AllNodes returns the primaries and their replicas.

@@ -167,7 +167,11 @@ func TestReshardingIsTransparent(t *testing.T) {
 	if sum != total {
 		t.Errorf("sum of counters %d, successful INCRs %d: writes lost or doubled", sum, total)
 	}
-	t.Logf("%d pipelines of INCR+GET+MGET during two migrations of slot %d", total, slot)
+	redirects := proxyInfoField(t, p, "upstream_redirects_followed")
+	t.Logf("%d pipelines of INCR+GET+MGET during two migrations of slot %d; the proxy followed %s redirects", total, slot, redirects)
+	if redirects == "0" {
+		t.Error("no redirect was followed: the migration was not exercised")
+	}
 	if total == 0 {
 		t.Error("no traffic ran during the migration")
 	}
