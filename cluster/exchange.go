@@ -97,7 +97,7 @@ func (p *Pool) Do(ex *Exchange) {
 		c := &ex.Calls[i]
 		n := c.Node
 		if n == nil {
-			if c.Read {
+			if c.Read && p.replicaReads {
 				n = p.readNode(c.Slot)
 			} else {
 				n = p.slots[c.Slot].Load()

@@ -52,6 +52,7 @@ type Pool struct {
 	rc   rueidis.Client
 
 	standalone   bool
+	replicaReads bool // ReadFrom sends reads to replicas
 	slots        [SlotCount]atomic.Pointer[Node]
 	readSlots    [SlotCount]atomic.Pointer[[]*Node] // replicas per slot, when ReadFrom wants them
 	readNext     atomic.Uint32
@@ -115,15 +116,16 @@ func New(ctx context.Context, opts Options) (*Pool, error) {
 		return nil, fmt.Errorf("connect to upstream %v: %w", opts.Seeds, err)
 	}
 	p := &Pool{
-		opts:       opts,
-		log:        opts.Logger,
-		rc:         rc,
-		standalone: rc.Mode() != rueidis.ClientModeCluster,
-		nodes:      map[string]*Node{},
-		acks:       map[*Node][]*Node{},
-		pins:       map[*Node]*pinnedPool{},
-		refreshCh:  make(chan struct{}, 1),
-		stop:       make(chan struct{}),
+		opts:         opts,
+		log:          opts.Logger,
+		rc:           rc,
+		standalone:   rc.Mode() != rueidis.ClientModeCluster,
+		replicaReads: opts.ReadFrom == "replica" || opts.ReadFrom == "prefer-replica",
+		nodes:        map[string]*Node{},
+		acks:         map[*Node][]*Node{},
+		pins:         map[*Node]*pinnedPool{},
+		refreshCh:    make(chan struct{}, 1),
+		stop:         make(chan struct{}),
 	}
 	p.clock.Store(time.Now().UnixNano())
 	if err := p.refresh(ctx); err != nil {
