@@ -126,14 +126,10 @@ func ParseLock(args [][]byte, lim LockLimits) (LockRequest, string) {
 			}
 			r.Fence = true
 		case eq(opt, "token"):
-			if r.Token != nil || i+1 >= len(args) {
-				return r, ErrSyntax
+			var e string
+			if r.Token, i, e = tokenOption(args, i, r.Token); e != "" {
+				return r, e
 			}
-			i++
-			if !ValidToken(args[i]) {
-				return r, ErrToken
-			}
-			r.Token = args[i]
 		default:
 			return r, ErrSyntax
 		}
@@ -155,6 +151,18 @@ func parseTTL(b []byte, seconds bool, max time.Duration, cmd string) (time.Durat
 		return 0, errExpire(cmd)
 	}
 	return time.Duration(n) * unit, ""
+}
+
+// tokenOption reads the value of a TOKEN option at args[i]: once only, and a valid token. It
+// returns the token and the index of its value.
+func tokenOption(args [][]byte, i int, seen []byte) ([]byte, int, string) {
+	if seen != nil || i+1 >= len(args) {
+		return seen, i, ErrSyntax
+	}
+	if !ValidToken(args[i+1]) {
+		return seen, i, ErrToken
+	}
+	return args[i+1], i + 1, ""
 }
 
 // ValidToken reports whether t is 1 to 64 printable ASCII characters without spaces.
@@ -231,14 +239,10 @@ func ParseSafeSet(args [][]byte, lim LockLimits) (SafeSetRequest, string) {
 		a := args[i]
 		switch {
 		case eq(a, "token"):
-			if r.Token != nil || i+1 >= len(args) {
-				return r, ErrSyntax
+			var e string
+			if r.Token, i, e = tokenOption(args, i, r.Token); e != "" {
+				return r, e
 			}
-			i++
-			if !ValidToken(args[i]) {
-				return r, ErrToken
-			}
-			r.Token = args[i]
 		case seenExpiry:
 			return r, ErrSyntax
 		case eq(a, "ex") || eq(a, "px"):
