@@ -1463,7 +1463,13 @@ func TestLockReplicaAck(t *testing.T) {
 	c := lkClient(t, p.Addr, 1)
 	r := lkName(t, "r")
 	slot := cluster.SlotOf([]byte(r))
+	// After the failover test the cluster's view of the shard may lag by a gossip round:
+	// wait until the node we ask lists a replica for this slot's primary.
 	primary, replicas := lkShard(t, ctx, slot)
+	for deadline := time.Now().Add(30 * time.Second); len(replicas) == 0 && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		primary, replicas = lkShard(t, ctx, slot)
+	}
 	if len(replicas) == 0 {
 		t.Fatalf("slot %d: primary %s has no replica", slot, primary.addr)
 	}
