@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"time"
 )
 
@@ -36,7 +37,7 @@ type Exchange struct {
 
 	ops       []op
 	twins     [][2]*Node // primary, its ack twin for this exchange
-	remaining atomicInt32
+	remaining atomic.Int32
 	wake      chan struct{}
 }
 

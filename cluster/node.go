@@ -420,5 +420,3 @@ func (n *Node) close() {
 	n.mu.Unlock()
 	failAll(failed, fmt.Errorf("%w: proxy is shutting down", ErrUpstream))
 }
-
-type atomicInt32 = atomic.Int32

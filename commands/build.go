@@ -45,7 +45,7 @@ var fanOutNames = []string{"keys", "scan", "randomkey", "script", "function", "f
 func Load(reply []rueidis.RedisMessage, pol Policy) (*Table, error) {
 	t := &Table{cmds: make(map[string]*Spec, len(reply))}
 	for _, m := range reply {
-		s, err := parseSpec(m, "")
+		s, err := parseSpec(m)
 		if err != nil {
 			return nil, err
 		}
@@ -111,7 +111,7 @@ func (t *Table) setClass(name string, c Class) {
 	}
 }
 
-func parseSpec(m rueidis.RedisMessage, parent string) (*Spec, error) {
+func parseSpec(m rueidis.RedisMessage) (*Spec, error) {
 	e, err := m.ToArray()
 	if err != nil || len(e) < 6 {
 		return nil, fmt.Errorf("unexpected COMMAND entry %v", m)
@@ -160,7 +160,7 @@ func parseSpec(m rueidis.RedisMessage, parent string) (*Spec, error) {
 	if len(e) > 9 {
 		subs, _ := e[9].ToArray()
 		for _, sm := range subs {
-			sub, err := parseSpec(sm, s.Name)
+			sub, err := parseSpec(sm)
 			if err != nil {
 				return nil, err
 			}
@@ -170,7 +170,6 @@ func parseSpec(m rueidis.RedisMessage, parent string) (*Spec, error) {
 			s.sub[sub.Name] = sub
 		}
 	}
-	_ = parent
 	return s, nil
 }
 

@@ -2,9 +2,7 @@ package commands
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
-	"sort"
 	"strings"
 )
 
@@ -55,9 +53,6 @@ type Spec struct {
 	sub map[string]*Spec
 }
 
-// HasSubcommands reports whether s is a container command (CLIENT, OBJECT, ...).
-func (s *Spec) HasSubcommands() bool { return len(s.sub) > 0 }
-
 type keySpec struct {
 	// begin_search
 	bsIndex    int
@@ -77,9 +72,6 @@ type keySpec struct {
 type Table struct {
 	cmds map[string]*Spec
 }
-
-// Lookup errors, as Valkey words them.
-var errEmpty = errors.New("ERR unknown command ''")
 
 // Lookup finds the spec for a request. The error is a reply text (without the leading '-').
 func (t *Table) Lookup(args [][]byte) (*Spec, string) {
@@ -114,16 +106,6 @@ func (t *Table) Get(name string) *Spec {
 		return nil
 	}
 	return t.cmds[name]
-}
-
-// Names returns every top-level command name, sorted.
-func (t *Table) Names() []string {
-	out := make([]string, 0, len(t.cmds))
-	for n := range t.cmds {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return out
 }
 
 func lower(dst, b []byte) []byte {

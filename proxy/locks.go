@@ -165,14 +165,13 @@ func (m *lockManager) replicasFor(pool *cluster.Pool, slot uint16) int {
 
 // lockState is a connection's part of the lock machinery.
 type lockState struct {
-	id       string
-	seq      uint64
-	tokens   *lru.Cache[string, string] // lock key -> latest token taken on this connection
-	keep     map[string]*keepalive
-	keepMu   sync.Mutex
-	steps    []lockStep
-	waitEx   *cluster.Exchange
-	watchBuf []byte
+	id     string
+	seq    uint64
+	tokens *lru.Cache[string, string] // lock key -> latest token taken on this connection
+	keep   map[string]*keepalive
+	keepMu sync.Mutex
+	steps  []lockStep
+	waitEx *cluster.Exchange
 }
 
 var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)

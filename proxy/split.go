@@ -20,13 +20,9 @@ func (c *client) planSplit(spec *commands.Spec, cmd *resp.Command) {
 			return
 		}
 	}
-	if !spec.ReadOnly && c.s.locks.opts.ProtectKeys {
-		for i := 1; i < len(args); i += stride {
-			if commands.IsLockKey(args[i], c.s.locks.opts.KeyPrefix) {
-				c.localError(errLockKeys)
-				return
-			}
-		}
+	if !spec.ReadOnly && c.touchesLockKey(args, spec.Keys(args, c.keys[:0])) {
+		c.localError(errLockKeys)
+		return
 	}
 	first := cluster.SlotOf(args[1])
 	same := true
