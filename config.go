@@ -38,7 +38,10 @@ type Config struct {
 	// Listen is the client address, host:port. Non-loopback addresses are refused until client
 	// authentication is configured.
 	Listen string `yaml:"listen"`
-	Log    struct {
+	// EventLoops is how many epoll loops serve ordinary single-slot traffic; 0 serves every
+	// client on a goroutine of its own.
+	EventLoops int `yaml:"event-loops"`
+	Log        struct {
 		// Format is json or console.
 		Format string `yaml:"format"`
 		// Level is debug, info, warn or error.
@@ -142,6 +145,7 @@ type Config struct {
 func defaultConfig() Config {
 	var c Config
 	c.Listen = "127.0.0.1:6380"
+	c.EventLoops = 1
 	c.Log.Format = "json"
 	c.Log.Level = "info"
 	c.Upstream.Seeds = []string{"127.0.0.1:6379"}
@@ -267,6 +271,9 @@ func (c *Config) validate() error {
 		if p.v <= 0 {
 			return fmt.Errorf("%s: must be greater than zero", p.key)
 		}
+	}
+	if c.EventLoops < 0 || c.EventLoops > 64 {
+		return errors.New("event-loops: from 0 to 64")
 	}
 	if c.Limits.MaxArgs > 1<<31-1 {
 		return errors.New("limits.max-args: at most 2147483647")

@@ -129,6 +129,7 @@ func run(ctx context.Context, argv []string, stdout io.Writer) error {
 		},
 		MaxClients:        cfg.Limits.MaxClients,
 		MaxBatch:          cfg.Limits.MaxBatch,
+		EventLoops:        cfg.EventLoops,
 		SlowClientTimeout: time.Duration(cfg.Limits.SlowClientTimeout),
 		Auth:              auth,
 		Version:           version,

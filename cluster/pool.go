@@ -67,14 +67,16 @@ type Pool struct {
 	acks  map[*Node][]*Node
 	pins  map[*Node]*pinnedPool
 
-	clock     atomic.Int64
-	stopped   atomic.Bool
-	stats     struct{ connLost, dialFailed, redirects atomic.Int64 }
-	refreshCh chan struct{}
-	stop      chan struct{}
-	wg        sync.WaitGroup
-	readers   sync.WaitGroup
-	closeOnce sync.Once
+	clock       atomic.Int64
+	epoch       atomic.Uint64 // bumped when a slot changes primary
+	lastDialLog atomic.Int64  // of DialRaw
+	stopped     atomic.Bool
+	stats       struct{ connLost, dialFailed, redirects atomic.Int64 }
+	refreshCh   chan struct{}
+	stop        chan struct{}
+	wg          sync.WaitGroup
+	readers     sync.WaitGroup
+	closeOnce   sync.Once
 }
 
 // ErrNoSlot is returned for a slot no primary serves.
@@ -385,6 +387,9 @@ func (p *Pool) refreshSync() {
 func (p *Pool) refresh(ctx context.Context) error {
 	if p.standalone {
 		n := p.node(p.opts.Seeds[0])
+		if p.slots[0].Load() != n {
+			p.epoch.Add(1)
+		}
 		for i := range p.slots {
 			p.slots[i].Store(n)
 		}
@@ -441,6 +446,7 @@ func (p *Pool) refresh(ctx context.Context) error {
 	}
 	seen := map[string]bool{}
 	var prim, reps []*Node
+	moved := false
 	for _, s := range spans {
 		n := p.node(s.addr)
 		n.replicas.Store(int32(len(s.replicas)))
@@ -468,8 +474,12 @@ func (p *Pool) refresh(ctx context.Context) error {
 		for i := s.lo; i <= s.hi; i++ {
 			if p.slots[i].Load() != n {
 				p.slots[i].Store(n)
+				moved = true
 			}
 		}
+	}
+	if moved {
+		p.epoch.Add(1)
 	}
 	if old := p.Primaries(); !samePrimaries(old, prim) {
 		p.log.Info("cluster topology", zap.Int("primaries", len(prim)), zap.Strings("nodes", nodeAddrs(prim)))

@@ -747,6 +747,35 @@ func runDiffCorpus(t *testing.T, addr, prefix string, corpus []diffCmd) []string
 	return out
 }
 
+// loopServed returns how many commands of the corpus came before the one with which the
+// proxy's first client left the event loop (from its debug log).
+func loopServed(t *testing.T, p *proxyProc, corpus []diffCmd) int {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		logs := p.logs.String()
+		if i := strings.Index(logs, "client leaves the event loop"); i >= 0 {
+			rest := logs[i:]
+			j := strings.Index(rest, `"command": "`)
+			if j < 0 {
+				t.Fatalf("hand-over log line without a command: %q", rest)
+			}
+			name := rest[j+len(`"command": "`):]
+			name = name[:strings.IndexByte(name, '"')]
+			for k, d := range corpus {
+				if strings.EqualFold(d.args[0], name) {
+					return k
+				}
+			}
+			t.Fatalf("the loop handed over at %q, which is not in the corpus", name)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the proxy never logged a hand-over from its event loop")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // runDiffPipeline writes the whole corpus at once, then reads every reply.
 func runDiffPipeline(t *testing.T, addr, prefix string, corpus []diffCmd) []string {
 	rc := dialRaw(t, addr)
@@ -817,7 +846,8 @@ func TestDifferentialCorpus(t *testing.T) {
 	owner := diffOwner(t, tag)
 	diffCleanup(t, owner, tag)
 	t.Cleanup(func() { diffCleanup(t, owner, tag) })
-	p := startProxy(t, nil)
+	// Debug logs say where the connection leaves the event loop.
+	p := startProxy(t, nil, "--log-level", "debug")
 
 	corpus := differentialCorpus(dumpOf(t, owner, tag, "restored-value"))
 	if len(corpus) < minDiffCommands {
@@ -848,6 +878,13 @@ func TestDifferentialCorpus(t *testing.T) {
 	t.Run("sequential", func(t *testing.T) {
 		got := runDiffCorpus(t, p.Addr, prxP, corpus)
 		compareDiff(t, "sequential", corpus, swap(prxP), got)
+		// The commands before the first one the event loop hands over were served by the
+		// loop, the rest by the connection's goroutine: both paths are compared.
+		served := loopServed(t, p, corpus)
+		t.Logf("the event loop served the first %d commands of the corpus", served)
+		if served < 100 {
+			t.Errorf("the event loop served only %d commands before handing the connection over", served)
+		}
 	})
 	t.Run("pipeline", func(t *testing.T) {
 		got := runDiffPipeline(t, p.Addr, pipP, corpus)

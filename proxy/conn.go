@@ -80,6 +80,8 @@ type client struct {
 	slotIdx   map[uint16]int
 
 	created  time.Time
+	raddr    string
+	laddr    string
 	lastCmd  atomic.Int64
 	quitting bool
 	lk       lockState
@@ -106,6 +108,8 @@ func newClient(s *Server, conn net.Conn) *client {
 		authed:  s.auth == nil,
 		ex:      cluster.NewExchange(),
 		created: time.Now(),
+		raddr:   conn.RemoteAddr().String(),
+		laddr:   conn.LocalAddr().String(),
 	}
 	c.lastCmd.Store(c.created.UnixNano())
 	if !c.authed {
@@ -117,7 +121,11 @@ func newClient(s *Server, conn net.Conn) *client {
 // interrupt wakes a client blocked reading so that it notices shutdown.
 func (c *client) interrupt() { _ = c.conn.SetReadDeadline(time.Now()) }
 
-func (c *client) serve() {
+func (c *client) serve() { c.serveFrom(nil, nil) }
+
+// serveFrom serves the connection until it closes, starting with cmds and then err, which an
+// event loop had read before handing the client over.
+func (c *client) serveFrom(cmds []resp.Command, err error) {
 	defer func() {
 		_ = c.conn.Close()
 		c.endTx(false)
@@ -125,7 +133,9 @@ func (c *client) serve() {
 		c.releaseKeepalives()
 	}()
 	for !c.quitting {
-		cmds, err := c.rd.ReadBatch()
+		if cmds == nil && err == nil {
+			cmds, err = c.rd.ReadBatch()
+		}
 		for len(cmds) > 0 && !c.quitting {
 			n := min(len(cmds), c.s.opts.MaxBatch)
 			if !c.runBatch(cmds[:n]) {
@@ -133,6 +143,7 @@ func (c *client) serve() {
 			}
 			cmds = cmds[n:]
 		}
+		cmds = nil
 		if err != nil {
 			var pe *resp.ProtocolError
 			if errors.As(err, &pe) && !c.quitting {
@@ -246,7 +257,7 @@ func (c *client) plan(cmd *resp.Command) (ok, barrier bool) {
 	args := cmd.Args
 	if isCrossProtocol(args[0]) {
 		c.s.log.Warn("possible cross-protocol attack: closing the connection",
-			zap.Int64("client", c.id), zap.String("addr", c.conn.RemoteAddr().String()))
+			zap.Int64("client", c.id), zap.String("addr", c.raddr))
 		return false, false
 	}
 	if c.s.auth != nil && !c.authed && !c.authGate(args[0]) {

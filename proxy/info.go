@@ -160,10 +160,10 @@ func (c *client) serverSection(up []byte) string {
 		case strings.HasPrefix(line, "server_mode:"):
 			line = "server_mode:standalone\r\n"
 		case strings.HasPrefix(line, "tcp_port:"):
-			if _, port, ok := strings.Cut(c.conn.LocalAddr().String(), "]:"); ok {
+			if _, port, ok := strings.Cut(c.laddr, "]:"); ok {
 				line = "tcp_port:" + port + "\r\n"
-			} else if i := strings.LastIndexByte(c.conn.LocalAddr().String(), ':'); i >= 0 {
-				line = "tcp_port:" + c.conn.LocalAddr().String()[i+1:] + "\r\n"
+			} else if i := strings.LastIndexByte(c.laddr, ':'); i >= 0 {
+				line = "tcp_port:" + c.laddr[i+1:] + "\r\n"
 			}
 		}
 		sb.WriteString(line)
@@ -193,6 +193,9 @@ func (c *client) proxySection() string {
 	kv("proxy_rejected_connections", strconv.FormatInt(s.rejectedConn.Load(), 10))
 	kv("proxy_total_commands_processed", strconv.FormatInt(s.totalCmds.Load(), 10))
 	kv("proxy_protocol_errors", strconv.FormatInt(s.protoErrors.Load(), 10))
+	kv("proxy_event_loops", strconv.Itoa(s.loopCount()))
+	kv("proxy_loop_clients", strconv.FormatInt(s.loopClients.Load(), 10))
+	kv("proxy_loop_handovers", strconv.FormatInt(s.loopHandovers.Load(), 10))
 	kv("proxy_goroutines", strconv.Itoa(runtime.NumGoroutine()))
 	kv("proxy_heap_alloc_bytes", strconv.FormatUint(ms.HeapAlloc, 10))
 	lm := s.locks

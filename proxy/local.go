@@ -245,7 +245,7 @@ func (c *client) infoLine(now time.Time) string {
 	age := int64(now.Sub(c.created).Seconds())
 	idle := (now.UnixNano() - c.lastCmd.Load()) / int64(time.Second)
 	return fmt.Sprintf("id=%d addr=%s laddr=%s name=%s age=%d idle=%d flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 resp=2 lib-name=%s lib-ver=%s\n",
-		c.id, c.conn.RemoteAddr(), c.conn.LocalAddr(), name, age, max(idle, 0), libName, libVer)
+		c.id, c.raddr, c.laddr, name, age, max(idle, 0), libName, libVer)
 }
 
 // planFanOutSum sends the command to every primary and adds up the integer replies (DBSIZE).

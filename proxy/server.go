@@ -31,6 +31,9 @@ type Options struct {
 	Locks LockOptions
 	// SlowClientTimeout disconnects a subscriber that has not taken a message for this long.
 	SlowClientTimeout time.Duration
+	// EventLoops serve ordinary single-slot traffic on this many epoll loops (Linux, plain TCP
+	// upstream, reads from primaries); 0 serves every client on a goroutine of its own.
+	EventLoops int
 	// Auth, when set, requires clients to authenticate.
 	Auth   *Auth
 	Logger *zap.Logger
@@ -56,6 +59,7 @@ type Server struct {
 	closingCh chan struct{}
 	wg        sync.WaitGroup
 	listener  net.Listener
+	loops     *loopGroup
 
 	nextID       atomic.Int64
 	nClients     atomic.Int64
@@ -63,6 +67,9 @@ type Server struct {
 	totalCmds    atomic.Int64
 	rejectedConn atomic.Int64
 	protoErrors  atomic.Int64
+	// Clients on event loops now, and clients handed from a loop to a goroutine so far.
+	loopClients   atomic.Int64
+	loopHandovers atomic.Int64
 }
 
 // NewServer returns a server that uses pool for upstream traffic and table to classify commands.
@@ -126,6 +133,9 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.listener = ln
 	s.mu.Unlock()
+	if err := s.startLoops(s.opts.EventLoops); err != nil {
+		s.log.Warn("event loops unavailable; serving every client on its own goroutine", zap.Error(err))
+	}
 	var delay time.Duration
 	for {
 		conn, err := ln.Accept()
@@ -166,23 +176,65 @@ func (s *Server) accept(conn net.Conn) {
 		return
 	}
 	c := newClient(s, conn)
+	var start func(*client)
+	if s.loops != nil {
+		var err error
+		if start, err = s.loops.adopt(conn); err != nil {
+			s.log.Warn("cannot move a client to an event loop", zap.Error(err))
+			return
+		}
+		c.conn = nil
+	}
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		_ = conn.Close()
+		if c.conn != nil {
+			_ = conn.Close()
+		} else {
+			start(c) // the loop closes it
+		}
 		return
 	}
 	s.clients[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
 	s.nClients.Add(1)
+	if start != nil {
+		start(c)
+		return
+	}
 	go func() {
-		defer s.wg.Done()
 		c.serve()
-		s.mu.Lock()
-		delete(s.clients, c)
-		s.mu.Unlock()
+		s.clientDone(c)
+	}()
+}
+
+// clientDone forgets a client whose connection is closed.
+func (s *Server) clientDone(c *client) {
+	s.mu.Lock()
+	_, ok := s.clients[c]
+	delete(s.clients, c)
+	s.mu.Unlock()
+	if ok {
 		s.nClients.Add(-1)
+		s.wg.Done()
+	}
+}
+
+// serveDetached serves on a goroutine a client an event loop handed over, starting with the
+// commands it had parsed and not served, then the read error it had met, if any.
+func (s *Server) serveDetached(c *client, conn net.Conn, rest []resp.Command, readErr error) {
+	s.mu.Lock()
+	c.conn = conn
+	closing := s.closing
+	s.mu.Unlock()
+	c.rd.SetSource(conn)
+	if closing {
+		c.interrupt()
+	}
+	go func() {
+		c.serveFrom(rest, readErr)
+		s.clientDone(c)
 	}()
 }
 
@@ -198,9 +250,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		_ = s.listener.Close()
 	}
 	for c := range s.clients {
-		c.interrupt()
+		if c.conn != nil {
+			c.interrupt()
+		}
 	}
 	s.mu.Unlock()
+	if s.loops != nil {
+		s.loops.shutdown(false)
+	}
 	done := make(chan struct{})
 	go func() {
 		s.wg.Wait()
@@ -213,9 +270,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		s.mu.Lock()
 		for c := range s.clients {
-			_ = c.conn.Close()
+			if c.conn != nil {
+				_ = c.conn.Close()
+			}
 		}
 		s.mu.Unlock()
+		if s.loops != nil {
+			s.loops.shutdown(true)
+		}
 		<-done
 		return ctx.Err()
 	}

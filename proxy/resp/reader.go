@@ -372,3 +372,7 @@ func (r *Reader) Feed(b []byte) {
 
 // SetLimits replaces the limits, for instance once a client has authenticated.
 func (r *Reader) SetLimits(lim Limits) { r.lim = lim.withDefaults() }
+
+// SetSource makes later reads come from rd, keeping what is buffered; a connection handed from
+// one owner to another keeps its parser state.
+func (r *Reader) SetSource(rd io.Reader) { r.rd = rd }

@@ -1,0 +1,83 @@
+package cluster
+
+import (
+	"fmt"
+	"net"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// This file is what an event-loop front end needs to run its own pipelined upstream
+// connections while the Pool keeps the topology, redirects and statistics.
+
+// RawCapable reports whether plain TCP connections reach the primaries: no TLS, and reads go
+// to primaries.
+func (p *Pool) RawCapable() bool {
+	return p.opts.TLS == nil && !p.replicaReads
+}
+
+// DialRaw connects to addr and authenticates; the caller owns the connection.
+func (p *Pool) DialRaw(addr string) (net.Conn, error) {
+	conn, err := p.dial(addr)
+	if err != nil {
+		p.requestRefresh()
+		p.stats.dialFailed.Add(1)
+		if now := p.now(); now-p.lastDialLog.Load() > int64(time.Second) {
+			p.lastDialLog.Store(now)
+			p.log.Warn("cannot connect to upstream node", zap.String("node", addr), zap.Error(err))
+		}
+		return nil, fmt.Errorf("%w: cannot connect to %s: %v", ErrUpstream, addr, err)
+	}
+	return conn, nil
+}
+
+// ConnLost records that a connection opened by DialRaw failed with requests outstanding and
+// returns the error those requests get.
+func (p *Pool) ConnLost(addr string, failed int, cause error) error {
+	p.requestRefresh()
+	if !p.stopped.Load() {
+		p.stats.connLost.Add(1)
+		p.log.Warn("upstream connection lost", zap.String("node", addr), zap.Int("requests_failed", failed))
+	}
+	return fmt.Errorf("%w: connection to %s lost (%v); the command may have been executed", ErrUpstream, addr, cause)
+}
+
+// Timeout is how long requests may wait with no reply byte before their connection is closed.
+func (p *Pool) Timeout() time.Duration { return p.opts.Timeout }
+
+// Epoch changes whenever a slot moves to another primary.
+func (p *Pool) Epoch() uint64 { return p.epoch.Load() }
+
+// Redirected is a call that got a redirect reply on a connection outside the Pool.
+type Redirected struct {
+	Req   []byte // the request, as sent
+	Slot  uint16
+	Reply []byte // the redirect on input; the final reply (or nil with Err) on output
+	From  string // the node that answered
+	Err   error
+}
+
+// FollowRedirects finishes calls whose first reply was MOVED, ASK or TRYAGAIN, one at a time
+// and in order, as Do would have. A reply that is not a genuine redirect is left as it is.
+func (p *Pool) FollowRedirects(rs []Redirected) {
+	ex := NewExchange()
+	for i := range rs {
+		ex.Calls = append(ex.Calls, Call{Req: rs[i].Req, Slot: rs[i].Slot, Reply: rs[i].Reply, from: rs[i].From})
+	}
+	p.followRedirects(ex)
+	for i := range rs {
+		rs[i].Reply, rs[i].Err = ex.Calls[i].Reply, ex.Calls[i].Err
+	}
+}
+
+// IsRedirect reports whether a reply starts like MOVED, ASK or TRYAGAIN.
+func IsRedirect(r []byte) bool { return isRedirect(r) }
+
+// ReplyScanner finds where replies end in a stream of RESP2 replies, resuming where it
+// stopped when a reply arrives in pieces.
+type ReplyScanner struct{ s replyScanner }
+
+// Scan returns the length of the reply at the start of b, or 0 when more bytes are needed.
+// After 0, the next call must pass the same bytes extended.
+func (s *ReplyScanner) Scan(b []byte) (int, error) { return s.s.scan(b) }

@@ -1,0 +1,164 @@
+package integration
+
+import (
+	"fmt"
+	"math/rand"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// proxyInfo returns one field of INFO proxy, read on a connection of its own.
+func proxyInfo(t *testing.T, p *proxyProc, field string) string {
+	t.Helper()
+	info, err := p.client(t).Info(ctxT(t), "proxy").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			return v
+		}
+	}
+	t.Fatalf("INFO proxy has no %s:\n%s", field, info)
+	return ""
+}
+
+// TestLoopPipelineAcrossNodes pipelines thousands of commands over keys on every primary, with
+// values from a few bytes to 300 KB, so that replies come back from the nodes out of order and
+// larger than the loop's read buffer; every reply must come back in request order.
+func TestLoopPipelineAcrossNodes(t *testing.T) {
+	p := startProxy(t, nil)
+	rc := dialRaw(t, p.Addr)
+	rng := rand.New(rand.NewSource(7))
+	const n = 3000
+	vals := map[string]string{}
+	var req strings.Builder
+	var want []string
+	for i := range n {
+		k := "loop:" + strconv.Itoa(rng.Intn(400))
+		switch {
+		case i%3 == 0 || vals[k] == "":
+			size := 1 + rng.Intn(64)
+			if i%97 == 0 {
+				size = 100_000 + rng.Intn(200_000)
+			}
+			v := strings.Repeat(string(rune('a'+i%26)), size)
+			vals[k] = v
+			req.WriteString(encode("SET", k, v))
+			want = append(want, "+OK\r\n")
+		case i%3 == 1:
+			req.WriteString(encode("GET", k))
+			want = append(want, fmt.Sprintf("$%d\r\n%s\r\n", len(vals[k]), vals[k]))
+		default:
+			req.WriteString(encode("STRLEN", k))
+			want = append(want, fmt.Sprintf(":%d\r\n", len(vals[k])))
+		}
+	}
+	done := make(chan error, 1)
+	go func() {
+		_ = rc.c.SetWriteDeadline(time.Now().Add(60 * time.Second))
+		_, err := rc.c.Write([]byte(req.String()))
+		done <- err
+	}()
+	for i := range want {
+		got, err := rc.reply()
+		if err != nil {
+			t.Fatalf("reply %d: %v", i, err)
+		}
+		if got != want[i] {
+			t.Fatalf("reply %d = %.80q, want %.80q", i, got, want[i])
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if h := proxyInfo(t, p, "proxy_loop_handovers"); h != "1" {
+		// Only the INFO connection itself leaves the loop.
+		t.Errorf("proxy_loop_handovers = %s, want 1: the pipeline should have stayed on the loop", h)
+	}
+}
+
+// TestLoopHandOverMidPipeline sends, in one write, commands the loop serves, then one it hands
+// over (MULTI), then more of both: the replies must be exactly those of one server, in order.
+func TestLoopHandOverMidPipeline(t *testing.T) {
+	p := startProxy(t, nil)
+	rc := dialRaw(t, p.Addr)
+	cmds := [][]string{
+		{"PING"},
+		{"CLIENT", "SETNAME", "looper"},
+		{"SET", "{loopho}a", "1"},
+		{"SET", "loopho:b", "2"},
+		{"MGET", "{loopho}a", "{loopho}x"},
+		{"GET", "loopho:b"},
+		{"NOSUCHCOMMAND"},
+		{"GET"},
+		{"MULTI"},
+		{"INCR", "{loopho}a"},
+		{"GET", "{loopho}a"},
+		{"EXEC"},
+		{"MGET", "{loopho}a", "loopho:b"},
+		{"CLIENT", "GETNAME"},
+		{"GET", "{loopho}a"},
+	}
+	want := []string{
+		"+PONG\r\n",
+		"+OK\r\n",
+		"+OK\r\n",
+		"+OK\r\n",
+		"*2\r\n$1\r\n1\r\n$-1\r\n",
+		"$1\r\n2\r\n",
+		"-ERR unknown command 'NOSUCHCOMMAND', with args beginning with: \r\n",
+		"-ERR wrong number of arguments for 'get' command\r\n",
+		"+OK\r\n",
+		"+QUEUED\r\n",
+		"+QUEUED\r\n",
+		"*2\r\n:2\r\n$1\r\n2\r\n",
+		"*2\r\n$1\r\n2\r\n$1\r\n2\r\n",
+		"$6\r\nlooper\r\n",
+		"$1\r\n2\r\n",
+	}
+	var all strings.Builder
+	for _, c := range cmds {
+		all.WriteString(encode(c...))
+	}
+	rc.send(all.String())
+	for i := range want {
+		got, err := rc.reply()
+		if err != nil {
+			t.Fatalf("reply %d (%q): %v", i, cmds[i], err)
+		}
+		if got != want[i] {
+			t.Fatalf("reply %d (%q) = %q, want %q", i, cmds[i], got, want[i])
+		}
+	}
+	// Then the same connection, now on its goroutine, keeps working.
+	rc.send(encode("GET", "loopho:b"))
+	if got, _ := rc.reply(); got != "$1\r\n2\r\n" {
+		t.Fatalf("after the hand-over: GET = %q", got)
+	}
+}
+
+// TestLoopsOff runs the proxy with event-loops 0: every client on a goroutine.
+func TestLoopsOff(t *testing.T) {
+	cfg := writeConfig(t, "event-loops: 0\n")
+	p := startProxy(t, nil, "--config", cfg)
+	if v := proxyInfo(t, p, "proxy_event_loops"); v != "0" {
+		t.Fatalf("proxy_event_loops = %s, want 0", v)
+	}
+	c := p.client(t)
+	ctx := ctxT(t)
+	for i := range 50 {
+		k := "loopsoff:" + strconv.Itoa(i)
+		if err := c.Set(ctx, k, i, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := c.Get(ctx, k).Int(); err != nil || v != i {
+			t.Fatalf("GET %s = %d, %v", k, v, err)
+		}
+	}
+	if v := proxyInfo(t, p, "proxy_loop_handovers"); v != "0" {
+		t.Fatalf("proxy_loop_handovers = %s, want 0", v)
+	}
+}

@@ -1,0 +1,1032 @@
+//go:build linux
+
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/tidwall/redcon"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/valkey-lock-proxy/valkey-lock-proxy/cluster"
+	"github.com/valkey-lock-proxy/valkey-lock-proxy/commands"
+	"github.com/valkey-lock-proxy/valkey-lock-proxy/proxy/resp"
+)
+
+// The event loop serves the hot path: clients that send ordinary single-slot commands. One
+// goroutine per loop waits in epoll on its clients and on its own pipelined connection to each
+// primary; in one pass it reads what every ready client sent, appends each command to its
+// primary's buffer, reads every reply that came back, and then writes each buffer once. No
+// goroutine hand-off and no futex sits between a request and its reply, and a read never ends
+// in EAGAIN, which is what a goroutine per connection costs here (BENCHMARKS.md).
+//
+// A client leaves the loop for a goroutine of its own (serve, as before) at the first command
+// the loop does not handle itself: transactions, pub/sub, blocking commands, locks, fan-out,
+// local commands, authentication. Its replies so far are written first, and its parser, with
+// whatever it had buffered, goes with it, so the hand-over is invisible to the client.
+
+const (
+	evWake   = 1
+	evClient = 2
+	evNode   = 3
+
+	// A client with this many commands unanswered, or this many reply bytes unwritten, is not
+	// read until it has caught up: a pipeline that does not read its replies is held here and
+	// not in memory.
+	loopMaxInflight = 1024
+	loopMaxUnsent   = 256 << 10
+	// The read buffer of an upstream connection.
+	loopNodeBuf = 64 << 10
+	// A dial that failed is not retried for this long: the loop is not kept busy dialling a
+	// dead node for every command.
+	loopDialBackoff = 100 * time.Millisecond
+)
+
+var errAgain = errors.New("would block")
+
+type loopGroup struct {
+	loops []*loop
+	next  atomic.Uint32
+}
+
+// startLoops starts n event loops, or none when n is 0 or the upstream needs TLS or replica
+// reads (which the goroutine path serves).
+func (s *Server) startLoops(n int) error {
+	if n <= 0 || !s.pool.RawCapable() {
+		return nil
+	}
+	g := &loopGroup{}
+	for range n {
+		l, err := newLoop(s)
+		if err != nil {
+			for _, o := range g.loops {
+				o.destroy()
+			}
+			return err
+		}
+		g.loops = append(g.loops, l)
+	}
+	for _, l := range g.loops {
+		go l.run()
+	}
+	s.loops = g
+	return nil
+}
+
+// adopt takes an accepted connection's descriptor for a loop; conn is closed either way.
+func (g *loopGroup) adopt(conn net.Conn) (func(*client), error) {
+	fd, err := takeFd(conn)
+	if err != nil {
+		return nil, err
+	}
+	l := g.loops[int(g.next.Add(1))%len(g.loops)]
+	return func(c *client) { l.post(func() { l.addClient(c, fd) }) }, nil
+}
+
+func (s *Server) loopCount() int {
+	if s.loops == nil {
+		return 0
+	}
+	return len(s.loops.loops)
+}
+
+func (g *loopGroup) shutdown(force bool) {
+	for _, l := range g.loops {
+		l.post(func() { l.beginShutdown(force) })
+	}
+}
+
+type loop struct {
+	s      *Server
+	epfd   int
+	wakefd int
+	events []unix.EpollEvent
+
+	mu     sync.Mutex
+	inbox  []func()
+	spare  []func()
+	signal bool
+
+	clients []*lclient // by fd
+	nodeFds []*lnode   // by fd
+	nodes   map[string]*lnode
+	dirtyC  []*lclient
+	dirtyN  []*lnode
+	spareC  []*lclient
+	spareN  []*lnode
+	checked int64 // when checkStalled last ran
+	closing bool
+	keys    []int
+	now     int64
+	wakeBuf [8]byte
+}
+
+// lclient is a client connection served by a loop.
+type lclient struct {
+	c      *client
+	fd     int
+	src    fdSource
+	events uint32 // registered with epoll
+
+	out    []byte
+	outOff int
+	dirty  bool
+	// wblocked: a write met a full socket buffer; epoll then reports when it drains.
+	wblocked bool
+
+	// Replies are written in request order. pend[i] is the request with sequence number
+	// base+i; replies that arrive before an earlier one wait in park.
+	pend     []pendEntry
+	phead    int
+	base     uint64
+	nextSeq  uint64
+	park     []byte
+	inflight int
+	epoch    uint64 // of the slot map the in-flight requests were routed with
+
+	// held are parsed commands not yet sent: the slot map changed under requests in flight,
+	// redirects are being followed, or the client is leaving the loop (detach).
+	held    []resp.Command
+	detach  bool
+	capped  bool
+	readEnd error // EOF, a read error or a protocol error: finish, then close
+	closed  bool
+
+	retryQ       []cluster.Redirected
+	retrySeq     []uint64
+	retryRunning bool
+}
+
+type pendEntry struct {
+	done   bool
+	off, n int
+}
+
+type fdSource struct {
+	fd     int
+	budget int
+}
+
+// Read performs at most budget reads: the loop reads a client once per readiness event.
+func (f *fdSource) Read(p []byte) (int, error) {
+	if f.budget <= 0 {
+		return 0, errAgain
+	}
+	f.budget--
+	for {
+		n, err := unix.Read(f.fd, p)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return 0, errAgain
+		case err != nil:
+			return 0, err
+		case n == 0:
+			return 0, io.EOF
+		}
+		return n, nil
+	}
+}
+
+// lnode is a loop's pipelined connection to one upstream node.
+type lnode struct {
+	addr   string
+	fd     int
+	events uint32
+	dead   bool
+
+	out  []byte // requests; out[:woff] are written, kept until answered for redirects
+	woff int
+	fifo []nodeReq
+	head int
+
+	in   []byte
+	r, w int
+	scan cluster.ReplyScanner
+
+	dirty        bool
+	lastProgress int64
+	dialFailedAt int64 // when a dial last failed, with dialErr
+	dialErr      error
+}
+
+type nodeReq struct {
+	c          *lclient
+	seq        uint64
+	slot       uint16
+	start, end int
+}
+
+func newLoop(s *Server) (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		_ = unix.Close(epfd)
+		return nil, err
+	}
+	l := &loop{s: s, epfd: epfd, wakefd: wakefd, events: make([]unix.EpollEvent, 256), nodes: map[string]*lnode{}}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd), Pad: evWake}); err != nil {
+		l.destroy()
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *loop) destroy() {
+	_ = unix.Close(l.wakefd)
+	_ = unix.Close(l.epfd)
+}
+
+// post runs f on the loop's goroutine.
+func (l *loop) post(f func()) {
+	l.mu.Lock()
+	l.inbox = append(l.inbox, f)
+	wake := !l.signal
+	l.signal = true
+	l.mu.Unlock()
+	if wake {
+		one := [8]byte{1}
+		_, _ = unix.Write(l.wakefd, one[:])
+	}
+}
+
+func (l *loop) runInbox() {
+	_, _ = unix.Read(l.wakefd, l.wakeBuf[:])
+	l.mu.Lock()
+	work := l.inbox
+	l.inbox = l.spare[:0]
+	l.signal = false
+	l.mu.Unlock()
+	for i, f := range work {
+		f()
+		work[i] = nil
+	}
+	l.spare = work[:0]
+}
+
+func (l *loop) run() {
+	timeout := int(l.s.pool.Timeout() / time.Millisecond)
+	tick := min(max(timeout/4, 10), 100)
+	for {
+		wait := -1
+		if l.busyNodes() {
+			wait = tick
+		}
+		n, err := unix.EpollWait(l.epfd, l.events, wait)
+		if err != nil && err != unix.EINTR {
+			l.s.log.Error("event loop: epoll_wait failed", zap.Error(err))
+			return
+		}
+		l.now = time.Now().UnixNano()
+		for i := range max(n, 0) {
+			ev := l.events[i]
+			switch ev.Pad {
+			case evWake:
+				l.runInbox()
+			case evClient:
+				if c := l.client(int(ev.Fd)); c != nil {
+					if ev.Events&unix.EPOLLOUT != 0 {
+						l.writeClient(c)
+					}
+					if ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) != 0 && !c.closed {
+						l.readClient(c, 1)
+					}
+				}
+			case evNode:
+				if nd := l.node(int(ev.Fd)); nd != nil {
+					if ev.Events&unix.EPOLLOUT != 0 {
+						l.writeNode(nd)
+					}
+					if ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) != 0 && !nd.dead {
+						l.readNode(nd)
+					}
+				}
+			}
+		}
+		if timeout > 0 && l.now-l.checked > int64(tick)*int64(time.Millisecond) {
+			l.checked = l.now
+			l.checkStalled(int64(timeout) * int64(time.Millisecond))
+		}
+		l.flush()
+	}
+}
+
+func (l *loop) client(fd int) *lclient {
+	if fd < len(l.clients) {
+		return l.clients[fd]
+	}
+	return nil
+}
+
+func (l *loop) node(fd int) *lnode {
+	if fd < len(l.nodeFds) {
+		return l.nodeFds[fd]
+	}
+	return nil
+}
+
+func (l *loop) busyNodes() bool {
+	for _, nd := range l.nodes {
+		if nd.head < len(nd.fifo) {
+			return true
+		}
+	}
+	return false
+}
+
+// flush writes every buffer that got bytes in this pass: requests first, then replies.
+// Writing a client can release commands it held back, which dirties nodes again.
+func (l *loop) flush() {
+	for len(l.dirtyN) > 0 || len(l.dirtyC) > 0 {
+		ns := l.dirtyN
+		l.dirtyN = l.spareN[:0]
+		for i, nd := range ns {
+			nd.dirty = false
+			if !nd.dead {
+				l.writeNode(nd)
+			}
+			ns[i] = nil
+		}
+		l.spareN = ns[:0]
+		cs := l.dirtyC
+		l.dirtyC = l.spareC[:0]
+		for i, c := range cs {
+			c.dirty = false
+			if !c.closed {
+				l.writeClient(c)
+			}
+			cs[i] = nil
+		}
+		l.spareC = cs[:0]
+	}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients.
+
+func (l *loop) addClient(c *client, fd int) {
+	lc := &lclient{c: c, fd: fd, src: fdSource{fd: fd}}
+	c.rd.SetSource(&lc.src)
+	if l.closing {
+		l.closeClient(lc)
+		return
+	}
+	for fd >= len(l.clients) {
+		l.clients = append(l.clients, make([]*lclient, max(64, len(l.clients)))...)
+	}
+	l.clients[fd] = lc
+	l.s.loopClients.Add(1)
+	lc.events = unix.EPOLLIN
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: lc.events, Fd: int32(fd), Pad: evClient}); err != nil {
+		l.s.log.Warn("event loop: cannot watch a client", zap.Error(err))
+		l.closeClient(lc)
+	}
+}
+
+// wantEvents is what epoll should report for c in its present state.
+func (l *loop) wantEvents(c *lclient) uint32 {
+	var ev uint32
+	if c.wblocked {
+		ev |= unix.EPOLLOUT
+	}
+	if c.readEnd == nil && c.held == nil && !c.detach && !c.capped && !l.closing {
+		ev |= unix.EPOLLIN
+	}
+	return ev
+}
+
+func (l *loop) rearm(c *lclient) {
+	if c.closed {
+		return
+	}
+	ev := l.wantEvents(c)
+	if ev == c.events {
+		return
+	}
+	c.events = ev
+	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, c.fd, &unix.EpollEvent{Events: ev, Fd: int32(c.fd), Pad: evClient})
+}
+
+// readClient reads at most budget times from c and sends what it can.
+func (l *loop) readClient(c *lclient, budget int) {
+	if c.closed || c.held != nil || c.detach || c.capped || c.readEnd != nil {
+		return
+	}
+	c.src.budget = budget
+	for {
+		cmds, err := c.c.rd.ReadBatch()
+		if len(cmds) > 0 {
+			l.s.totalCmds.Add(int64(len(cmds)))
+			c.c.lastCmd.Store(l.now)
+			if k := l.dispatch(c, cmds); k < len(cmds) {
+				c.held = cmds[k:]
+				if err != nil && err != errAgain {
+					c.readEnd = err
+				}
+				break
+			}
+		}
+		if err != nil {
+			if err != errAgain {
+				c.readEnd = err
+			}
+			break
+		}
+		if c.waiting() >= loopMaxInflight || len(c.out)-c.outOff >= loopMaxUnsent {
+			c.capped = true
+			break
+		}
+	}
+	l.settle(c)
+}
+
+// dispatch sends cmds upstream in order and returns how many it took; it stops at a command
+// the loop does not serve, or when the slot map changed under requests still in flight.
+func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
+	for i := range cmds {
+		if c.detach || (c.inflight > 0 && (c.epoch != l.s.pool.Epoch() || c.retryRunning)) {
+			return i
+		}
+		slot, reply, act := l.classify(c.c, &cmds[i])
+		if act == actHandOver {
+			c.detach = true
+			return i
+		}
+		if c.inflight == 0 {
+			c.epoch = l.s.pool.Epoch()
+		}
+		seq := c.nextSeq
+		c.nextSeq++
+		c.pend = append(c.pend, pendEntry{})
+		c.inflight++
+		if act == actReply {
+			l.complete(c, seq, reply)
+			continue
+		}
+		nd, errText := l.route(slot)
+		if nd == nil {
+			l.complete(c, seq, appendErr(nil, errText))
+			continue
+		}
+		start := len(nd.out)
+		nd.out = append(nd.out, cmds[i].Raw...)
+		nd.fifo = append(nd.fifo, nodeReq{c: c, seq: seq, slot: slot, start: start, end: len(nd.out)})
+		if nd.head == len(nd.fifo)-1 {
+			nd.lastProgress = l.now
+		}
+		if !nd.dirty {
+			nd.dirty = true
+			l.dirtyN = append(l.dirtyN, nd)
+		}
+	}
+	return len(cmds)
+}
+
+func appendErr(b []byte, text string) []byte {
+	b = append(b, '-')
+	b = append(b, text...)
+	return append(b, '\r', '\n')
+}
+
+// What the loop does with one command.
+const (
+	actSend     = iota // to the primary of its slot
+	actReply           // answered by the proxy itself, without the upstream
+	actHandOver        // by the client's own goroutine, from this command on
+)
+
+// classify decides how the loop serves cmd. It sends ordinary keyed commands whose keys share
+// a slot (multi-key ones included), and answers what the proxy answers alone without touching the upstream (PING, ECHO,
+// HELLO, CLIENT, AUTH, SELECT, unknown commands, arity, CROSSSLOT and policy errors) with the
+// goroutine path's own code. Everything else is handed over.
+func (l *loop) classify(c *client, cmd *resp.Command) (slot uint16, reply []byte, act int) {
+	args := cmd.Args
+	if isCrossProtocol(args[0]) {
+		return 0, nil, actHandOver
+	}
+	c.steps, c.local = c.steps[:0], c.local[:0]
+	if l.s.auth != nil && !c.authed && !c.authGate(args[0]) {
+		return 0, c.local, actReply
+	}
+	spec, errText := l.s.table.Lookup(args)
+	if spec == nil {
+		return 0, redcon.AppendError(c.local, errText), actReply
+	}
+	switch spec.Class {
+	case commands.Denied:
+		return 0, redcon.AppendError(c.local, errDenied(spec.Name)), actReply
+	case commands.Local:
+		switch spec.Name {
+		case "dbsize", "info", "reset", "quit":
+			return 0, nil, actHandOver
+		}
+		if strings.HasPrefix(spec.Name, "command") {
+			return 0, nil, actHandOver
+		}
+		c.runLocal(spec, args)
+		return 0, c.local, actReply
+	case commands.Routed:
+	case commands.Split:
+		// MGET, MSET, DEL ... whose keys share a slot go as they are; the goroutine path
+		// splits the others.
+		if spec.Name == "mset" && len(args)%2 == 0 {
+			return 0, nil, actHandOver
+		}
+	default:
+		return 0, nil, actHandOver
+	}
+	switch spec.Name {
+	case "eval", "eval_ro", "evalsha", "evalsha_ro", "fcall", "fcall_ro":
+		// Scripts are remembered for the NOSCRIPT retry, and a script may return an error
+		// shaped like a redirect: the goroutine path knows both.
+		return 0, nil, actHandOver
+	}
+	if cmd.Raw == nil {
+		// An inline command: forwarded re-encoded by the goroutine path.
+		return 0, nil, actHandOver
+	}
+	l.keys = spec.Keys(args, l.keys[:0])
+	if len(l.keys) == 0 {
+		return 0, nil, actHandOver
+	}
+	slot = cluster.SlotOf(args[l.keys[0]])
+	for _, k := range l.keys[1:] {
+		if cluster.SlotOf(args[k]) != slot {
+			if spec.Class == commands.Split {
+				return 0, nil, actHandOver
+			}
+			return 0, redcon.AppendError(c.local, errCrossSlot), actReply
+		}
+	}
+	if !spec.ReadOnly && c.touchesLockKey(args, l.keys) {
+		return 0, redcon.AppendError(c.local, errLockKeys), actReply
+	}
+	return slot, nil, actSend
+}
+
+// complete delivers the reply of c's request seq, writing it now if every earlier reply is out.
+func (l *loop) complete(c *lclient, seq uint64, reply []byte) {
+	if c.closed {
+		return
+	}
+	c.inflight--
+	i := int(seq - c.base)
+	if i != c.phead {
+		c.pend[i] = pendEntry{done: true, off: len(c.park), n: len(reply)}
+		c.park = append(c.park, reply...)
+		return
+	}
+	c.out = append(c.out, reply...)
+	c.phead++
+	for c.phead < len(c.pend) && c.pend[c.phead].done {
+		e := c.pend[c.phead]
+		c.out = append(c.out, c.park[e.off:e.off+e.n]...)
+		c.phead++
+	}
+	switch {
+	case c.phead == len(c.pend):
+		c.base += uint64(c.phead)
+		c.pend, c.phead, c.park = c.pend[:0], 0, c.park[:0]
+		if cap(c.park) > loopMaxUnsent {
+			c.park = nil
+		}
+	case c.phead >= 1024 && 2*c.phead >= len(c.pend):
+		c.compactPending()
+	}
+	if !c.dirty {
+		c.dirty = true
+		l.dirtyC = append(l.dirtyC, c)
+	}
+}
+
+// compactPending drops the answered entries at the front of a queue that never empties (a
+// pipeline that keeps sending), and the parked replies already written.
+func (c *lclient) compactPending() {
+	live := c.pend[c.phead:]
+	var park []byte
+	for i := range live {
+		if e := &live[i]; e.done {
+			off := len(park)
+			park = append(park, c.park[e.off:e.off+e.n]...)
+			e.off = off
+		}
+	}
+	c.base += uint64(c.phead)
+	c.pend = c.pend[:copy(c.pend, live)]
+	c.phead, c.park = 0, park
+}
+
+// waiting is how many of c's commands have no reply written yet.
+func (c *lclient) waiting() int { return len(c.pend) - c.phead }
+
+// settle moves c on once its requests in flight are answered: held commands are sent, a
+// detaching client is handed over, a finished one is closed, a capped one is read again.
+func (l *loop) settle(c *lclient) {
+	if c.closed {
+		return
+	}
+	if c.inflight == 0 && c.held != nil && !c.detach {
+		cmds := c.held
+		c.held = nil
+		if k := l.dispatch(c, cmds); k < len(cmds) {
+			c.held = cmds[k:]
+		} else if c.readEnd == nil && !l.closing {
+			// Commands parsed with the held ones may still be buffered.
+			l.readClient(c, 0)
+			return
+		}
+	}
+	unsent := len(c.out) - c.outOff
+	if c.capped && c.waiting() == 0 && unsent < loopMaxUnsent {
+		c.capped = false
+		if c.readEnd == nil && !l.closing {
+			l.readClient(c, 0)
+			return
+		}
+	}
+	if c.inflight == 0 && unsent == 0 && !c.retryRunning {
+		switch {
+		case c.detach:
+			l.handOver(c)
+			return
+		case c.readEnd != nil:
+			l.finish(c)
+			return
+		case l.closing && c.held == nil:
+			l.closeClient(c)
+			return
+		}
+	}
+	l.rearm(c)
+}
+
+// finish answers a protocol error, as the goroutine path does, and closes c.
+func (l *loop) finish(c *lclient) {
+	var pe *resp.ProtocolError
+	if errors.As(c.readEnd, &pe) {
+		l.s.protoErrors.Add(1)
+		l.s.log.Debug("protocol error", zap.Int64("client", c.c.id), zap.String("error", pe.Msg))
+		b := appendErr(nil, "ERR "+pe.Error())
+		_, _ = unix.Write(c.fd, b)
+	}
+	l.closeClient(c)
+}
+
+func (l *loop) writeClient(c *lclient) {
+	for c.outOff < len(c.out) {
+		n, err := unix.Write(c.fd, c.out[c.outOff:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			c.wblocked = true
+			break
+		}
+		if err != nil {
+			l.closeClient(c)
+			return
+		}
+		c.outOff += n
+	}
+	if c.outOff == len(c.out) {
+		c.wblocked = false
+		c.outOff = 0
+		if cap(c.out) > loopMaxUnsent {
+			c.out = nil
+		} else {
+			c.out = c.out[:0]
+		}
+	}
+	l.settle(c)
+}
+
+func (l *loop) unwatch(fd int) {
+	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	if fd < len(l.clients) {
+		l.clients[fd] = nil
+	}
+}
+
+func (l *loop) closeClient(c *lclient) {
+	if c.closed {
+		return
+	}
+	c.closed = true
+	if c.fd < len(l.clients) && l.clients[c.fd] == c {
+		l.unwatch(c.fd)
+		l.s.loopClients.Add(-1)
+	}
+	_ = unix.Close(c.fd)
+	l.s.clientDone(c.c)
+}
+
+// handOver gives c to a goroutine of its own, with the commands it had sent that the loop did
+// not serve still parsed in its reader.
+func (l *loop) handOver(c *lclient) {
+	rest := c.held
+	c.held = nil
+	c.closed = true
+	l.unwatch(c.fd)
+	l.s.loopClients.Add(-1)
+	l.s.loopHandovers.Add(1)
+	if len(rest) > 0 && l.s.log.Core().Enabled(zap.DebugLevel) {
+		l.s.log.Debug("client leaves the event loop", zap.Int64("client", c.c.id), zap.ByteString("command", rest[0].Args[0]))
+	}
+	f := os.NewFile(uintptr(c.fd), "client")
+	nc, err := net.FileConn(f)
+	_ = f.Close()
+	if err != nil {
+		l.s.log.Warn("event loop: cannot hand a client over", zap.Error(err))
+		l.s.clientDone(c.c)
+		return
+	}
+	l.s.serveDetached(c.c, nc, rest, c.readEnd)
+}
+
+func (l *loop) beginShutdown(force bool) {
+	l.closing = true
+	for _, c := range l.clients {
+		if c == nil {
+			continue
+		}
+		if force {
+			l.closeClient(c)
+		} else {
+			l.settle(c)
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream.
+
+// route returns the loop's connection to the primary serving slot, dialling it when needed, or
+// the error the client gets.
+func (l *loop) route(slot uint16) (*lnode, string) {
+	n := l.s.pool.NodeForSlot(slot)
+	if n == nil {
+		return nil, errNoSlot
+	}
+	nd := l.nodes[n.Addr]
+	if nd != nil && !nd.dead {
+		return nd, ""
+	}
+	if nd != nil && nd.dialErr != nil && l.now-nd.dialFailedAt < int64(loopDialBackoff) {
+		return nil, errUpstream(nd.dialErr)
+	}
+	conn, err := l.s.pool.DialRaw(n.Addr)
+	fd := -1
+	if err == nil {
+		fd, err = takeFd(conn)
+	}
+	if err != nil {
+		if nd == nil {
+			nd = &lnode{addr: n.Addr}
+			l.nodes[n.Addr] = nd
+		}
+		nd.dead, nd.dialFailedAt, nd.dialErr = true, l.now, err
+		return nil, errUpstream(err)
+	}
+	nd = &lnode{addr: n.Addr, fd: fd, in: make([]byte, loopNodeBuf), events: unix.EPOLLIN}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: nd.events, Fd: int32(fd), Pad: evNode}); err != nil {
+		_ = unix.Close(fd)
+		return nil, errUpstream(err)
+	}
+	for fd >= len(l.nodeFds) {
+		l.nodeFds = append(l.nodeFds, make([]*lnode, max(16, len(l.nodeFds)))...)
+	}
+	l.nodeFds[fd] = nd
+	l.nodes[n.Addr] = nd
+	return nd, ""
+}
+
+// takeFd turns a connection into a non-blocking descriptor the loop owns.
+func takeFd(conn net.Conn) (int, error) {
+	defer conn.Close()
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return -1, errors.New("not a TCP connection")
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	if cerr := rc.Control(func(f uintptr) { fd, err = unix.Dup(int(f)) }); cerr != nil {
+		return -1, cerr
+	}
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		_ = unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+func (l *loop) writeNode(nd *lnode) {
+	for nd.woff < len(nd.out) {
+		n, err := unix.Write(nd.fd, nd.out[nd.woff:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			break
+		}
+		if err != nil {
+			l.failNode(nd, err)
+			return
+		}
+		nd.woff += n
+	}
+	want := uint32(unix.EPOLLIN)
+	if nd.woff < len(nd.out) {
+		want |= unix.EPOLLOUT
+	}
+	if want != nd.events {
+		nd.events = want
+		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, nd.fd, &unix.EpollEvent{Events: want, Fd: int32(nd.fd), Pad: evNode})
+	}
+}
+
+func (l *loop) readNode(nd *lnode) {
+	if nd.w == len(nd.in) {
+		// One reply bigger than the buffer: grow it.
+		nb := make([]byte, 2*len(nd.in))
+		copy(nb, nd.in[:nd.w])
+		nd.in = nb
+	}
+	n, err := unix.Read(nd.fd, nd.in[nd.w:])
+	switch {
+	case err == unix.EAGAIN || err == unix.EINTR:
+		return
+	case err != nil:
+		l.failNode(nd, err)
+		return
+	case n == 0:
+		l.failNode(nd, io.EOF)
+		return
+	}
+	nd.w += n
+	nd.lastProgress = l.now
+	for nd.r < nd.w {
+		size, err := nd.scan.Scan(nd.in[nd.r:nd.w])
+		if err != nil {
+			l.failNode(nd, err)
+			return
+		}
+		if size == 0 {
+			break
+		}
+		if nd.head == len(nd.fifo) {
+			l.failNode(nd, errors.New("reply without a request"))
+			return
+		}
+		reply := nd.in[nd.r : nd.r+size]
+		nd.r += size
+		req := nd.fifo[nd.head]
+		nd.fifo[nd.head] = nodeReq{}
+		nd.head++
+		if req.c.closed {
+			continue
+		}
+		if reply[0] == '-' && cluster.IsRedirect(reply) {
+			l.redirect(req, nd, reply)
+			continue
+		}
+		l.complete(req.c, req.seq, reply)
+		if req.c.inflight == 0 {
+			l.settle(req.c)
+		}
+	}
+	// Keep the unfinished reply at the start of the buffer.
+	if nd.r == nd.w {
+		nd.r, nd.w = 0, 0
+		if len(nd.in) > loopNodeBuf {
+			nd.in = make([]byte, loopNodeBuf)
+		}
+	} else if nd.r > 0 {
+		nd.w = copy(nd.in, nd.in[nd.r:nd.w])
+		nd.r = 0
+	}
+	l.trimNode(nd)
+}
+
+// trimNode drops the request bytes and queue entries of answered requests.
+func (l *loop) trimNode(nd *lnode) {
+	if nd.head == len(nd.fifo) {
+		nd.fifo, nd.head = nd.fifo[:0], 0
+		if nd.woff == len(nd.out) {
+			nd.out, nd.woff = nd.out[:0], 0
+			if cap(nd.out) > loopMaxUnsent {
+				nd.out = nil
+			}
+		}
+		return
+	}
+	first := nd.fifo[nd.head].start
+	if first < loopNodeBuf || first < len(nd.out)/2 {
+		return
+	}
+	nd.out = nd.out[:copy(nd.out, nd.out[first:])]
+	nd.woff -= first
+	k := copy(nd.fifo, nd.fifo[nd.head:])
+	clear(nd.fifo[k:])
+	nd.fifo, nd.head = nd.fifo[:k], 0
+	for i := range nd.fifo {
+		nd.fifo[i].start -= first
+		nd.fifo[i].end -= first
+	}
+}
+
+// redirect hands a request answered MOVED, ASK or TRYAGAIN to the Pool, which follows it on a
+// goroutine. A client's redirects are followed one at a time in request order, and the client
+// sends nothing new until they are done.
+func (l *loop) redirect(req nodeReq, nd *lnode, reply []byte) {
+	c := req.c
+	c.retryQ = append(c.retryQ, cluster.Redirected{
+		Req:   append([]byte(nil), nd.out[req.start:req.end]...),
+		Slot:  req.slot,
+		Reply: append([]byte(nil), reply...),
+		From:  nd.addr,
+	})
+	c.retrySeq = append(c.retrySeq, req.seq)
+	l.startRetries(c)
+}
+
+func (l *loop) startRetries(c *lclient) {
+	if c.retryRunning || len(c.retryQ) == 0 {
+		return
+	}
+	c.retryRunning = true
+	batch, seqs := c.retryQ, c.retrySeq
+	c.retryQ, c.retrySeq = nil, nil
+	pool := l.s.pool
+	go func() {
+		pool.FollowRedirects(batch)
+		l.post(func() {
+			c.retryRunning = false
+			for i := range batch {
+				r := &batch[i]
+				if r.Err != nil {
+					l.complete(c, seqs[i], appendErr(nil, errUpstream(r.Err)))
+				} else {
+					l.complete(c, seqs[i], r.Reply)
+				}
+			}
+			l.startRetries(c)
+			l.settle(c)
+		})
+	}()
+}
+
+// failNode answers every request waiting on nd with the connection's failure and closes it.
+func (l *loop) failNode(nd *lnode, cause error) {
+	if nd.dead {
+		return
+	}
+	nd.dead = true
+	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, nd.fd, nil)
+	_ = unix.Close(nd.fd)
+	if nd.fd < len(l.nodeFds) {
+		l.nodeFds[nd.fd] = nil
+	}
+	waiting := nd.fifo[nd.head:]
+	err := l.s.pool.ConnLost(nd.addr, len(waiting), cause)
+	reply := appendErr(nil, errUpstream(err))
+	var touched []*lclient
+	for _, req := range waiting {
+		if !req.c.closed {
+			l.complete(req.c, req.seq, reply)
+			touched = append(touched, req.c)
+		}
+	}
+	nd.fifo, nd.head, nd.out, nd.woff = nil, 0, nil, 0
+	for _, c := range touched {
+		l.settle(c)
+	}
+}
+
+// checkStalled fails connections on which requests waited longer than the upstream timeout
+// without a byte of reply.
+func (l *loop) checkStalled(timeout int64) {
+	for _, nd := range l.nodes {
+		if !nd.dead && nd.head < len(nd.fifo) && l.now-nd.lastProgress > timeout {
+			l.failNode(nd, errors.New("no reply within upstream.timeout"))
+		}
+	}
+}
