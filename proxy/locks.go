@@ -385,38 +385,54 @@ func (c *client) finishLocks() (waiting *lockStep, pttl int64) {
 		}
 		call := &c.ex.Calls[ls.call]
 		start := len(c.local)
-		if call.Err != nil || (len(call.Reply) > 0 && call.Reply[0] == '-') {
+		if call.Err != nil {
 			c.local = c.appendCallReply(c.local, call)
-			c.steps[ls.step] = step{kind: stepLocal, a: start, b: len(c.local)}
-			continue
-		}
-		switch ls.kind {
-		case lkLock:
-			ok, n, good := parseLockReply(call.Reply)
-			switch {
-			case !good:
-				c.local = redcon.AppendError(c.local, "ERR proxy: unexpected reply to the lock script")
-			case ok:
-				c.local = c.lockAcquired(c.local, ls, call.Acked, n)
-			case ls.req.Wait > 0:
-				waiting, pttl = ls, n
-			default:
-				c.s.locks.notAcquired.Add(1)
-				c.local = redcon.AppendNull(c.local)
+		} else {
+			var waits bool
+			var left int64
+			c.local, waits, left = c.appendLockReply(c.local, ls, call.Reply, call.Acked)
+			if waits {
+				waiting, pttl = ls, left
+				continue
 			}
-		case lkUnlock:
-			if n, _ := cluster.IntValue(call.Reply); n == 1 {
-				c.released(ls.key, ls.token)
-			}
-			c.local = append(c.local, call.Reply...)
-		case lkInfo:
-			c.local = c.appendLockInfo(c.local, ls.key, call.Reply)
-		default:
-			c.local = append(c.local, call.Reply...)
 		}
 		c.steps[ls.step] = step{kind: stepLocal, a: start, b: len(c.local)}
 	}
 	return waiting, pttl
+}
+
+// appendLockReply turns the reply of a lock script into the client's reply and does the
+// bookkeeping. waits is set (and nothing appended) for a LOCK WAIT that did not get the lock:
+// pttl is the holder's remaining time.
+func (c *client) appendLockReply(out []byte, ls *lockStep, reply []byte, acked int) (_ []byte, waits bool, pttl int64) {
+	if len(reply) > 0 && reply[0] == '-' {
+		return append(out, reply...), false, 0
+	}
+	switch ls.kind {
+	case lkLock:
+		ok, n, good := parseLockReply(reply)
+		switch {
+		case !good:
+			out = redcon.AppendError(out, "ERR proxy: unexpected reply to the lock script")
+		case ok:
+			out = c.lockAcquired(out, ls, acked, n)
+		case ls.req.Wait > 0:
+			return out, true, n
+		default:
+			c.s.locks.notAcquired.Add(1)
+			out = redcon.AppendNull(out)
+		}
+	case lkUnlock:
+		if n, _ := cluster.IntValue(reply); n == 1 {
+			c.released(ls.key, ls.token)
+		}
+		out = append(out, reply...)
+	case lkInfo:
+		out = c.appendLockInfo(out, ls.key, reply)
+	default:
+		out = append(out, reply...)
+	}
+	return out, false, 0
 }
 
 // parseLockReply reads the lock script's {1, fence} or {0, pttl}.

@@ -126,6 +126,7 @@ type loop struct {
 	checked int64 // when checkStalled last ran
 	closing bool
 	keys    []int
+	lockOut []byte
 	now     int64
 	wakeBuf [8]byte
 }
@@ -160,9 +161,10 @@ type lclient struct {
 	capped  bool
 	readEnd error // EOF, a read error or a protocol error: finish, then close
 	closed  bool
+	gone    bool // the peer closed both ways; no longer watched
 
 	retryQ       []cluster.Redirected
-	retrySeq     []uint64
+	retryReqs    []nodeReq
 	retryRunning bool
 }
 
@@ -225,6 +227,7 @@ type nodeReq struct {
 	seq        uint64
 	slot       uint16
 	start, end int
+	lk         *lockStep
 }
 
 func newLoop(s *Server) (*loop, error) {
@@ -291,36 +294,43 @@ func (l *loop) run() {
 			return
 		}
 		l.now = time.Now().UnixNano()
-		for i := range max(n, 0) {
-			ev := l.events[i]
-			switch ev.Pad {
-			case evWake:
-				l.runInbox()
-			case evClient:
-				if c := l.client(int(ev.Fd)); c != nil {
-					if ev.Events&unix.EPOLLOUT != 0 {
-						l.writeClient(c)
-					}
-					if ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) != 0 && !c.closed {
-						l.readClient(c, 1)
-					}
-				}
-			case evNode:
-				if nd := l.node(int(ev.Fd)); nd != nil {
-					if ev.Events&unix.EPOLLOUT != 0 {
-						l.writeNode(nd)
-					}
-					if ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) != 0 && !nd.dead {
-						l.readNode(nd)
-					}
-				}
-			}
-		}
+		l.handle(n)
 		if timeout > 0 && l.now-l.checked > int64(tick)*int64(time.Millisecond) {
 			l.checked = l.now
 			l.checkStalled(int64(timeout) * int64(time.Millisecond))
 		}
 		l.flush()
+	}
+}
+
+func (l *loop) handle(n int) {
+	for i := range max(n, 0) {
+		ev := l.events[i]
+		switch ev.Pad {
+		case evWake:
+			l.runInbox()
+		case evClient:
+			if c := l.client(int(ev.Fd)); c != nil {
+				if ev.Events&unix.EPOLLOUT != 0 {
+					l.writeClient(c)
+				}
+				if ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) != 0 && !c.closed {
+					l.readClient(c, 1)
+				}
+				if ev.Events&(unix.EPOLLHUP|unix.EPOLLERR) != 0 && !c.closed {
+					l.peerGone(c)
+				}
+			}
+		case evNode:
+			if nd := l.node(int(ev.Fd)); nd != nil {
+				if ev.Events&unix.EPOLLOUT != 0 {
+					l.writeNode(nd)
+				}
+				if ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) != 0 && !nd.dead {
+					l.readNode(nd)
+				}
+			}
+		}
 	}
 }
 
@@ -409,7 +419,7 @@ func (l *loop) wantEvents(c *lclient) uint32 {
 }
 
 func (l *loop) rearm(c *lclient) {
-	if c.closed {
+	if c.closed || c.gone {
 		return
 	}
 	ev := l.wantEvents(c)
@@ -460,8 +470,8 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 		if c.detach || (c.inflight > 0 && (c.epoch != l.s.pool.Epoch() || c.retryRunning)) {
 			return i
 		}
-		slot, reply, act := l.classify(c.c, &cmds[i])
-		if act == actHandOver {
+		d := l.classify(c, &cmds[i])
+		if d.act == actHandOver {
 			c.detach = true
 			return i
 		}
@@ -472,18 +482,18 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 		c.nextSeq++
 		c.pend = append(c.pend, pendEntry{})
 		c.inflight++
-		if act == actReply {
-			l.complete(c, seq, reply)
+		if d.act == actReply {
+			l.complete(c, seq, d.reply)
 			continue
 		}
-		nd, errText := l.route(slot)
+		nd, errText := l.route(d.slot)
 		if nd == nil {
 			l.complete(c, seq, appendErr(nil, errText))
 			continue
 		}
 		start := len(nd.out)
-		nd.out = append(nd.out, cmds[i].Raw...)
-		nd.fifo = append(nd.fifo, nodeReq{c: c, seq: seq, slot: slot, start: start, end: len(nd.out)})
+		nd.out = append(nd.out, d.req...)
+		nd.fifo = append(nd.fifo, nodeReq{c: c, seq: seq, slot: d.slot, start: start, end: len(nd.out), lk: d.lk})
 		if nd.head == len(nd.fifo)-1 {
 			nd.lastProgress = l.now
 		}
@@ -501,6 +511,17 @@ func appendErr(b []byte, text string) []byte {
 	return append(b, '\r', '\n')
 }
 
+// decision is what the loop does with one command: send req to the primary of slot (lk, for
+// a lock command, says how to turn the script's reply into the client's), answer reply, or
+// hand the client over.
+type decision struct {
+	act   int
+	slot  uint16
+	req   []byte
+	reply []byte
+	lk    *lockStep
+}
+
 // What the loop does with one command.
 const (
 	actSend     = iota // to the primary of its slot
@@ -512,69 +533,111 @@ const (
 // a slot (multi-key ones included), and answers what the proxy answers alone without touching the upstream (PING, ECHO,
 // HELLO, CLIENT, AUTH, SELECT, unknown commands, arity, CROSSSLOT and policy errors) with the
 // goroutine path's own code. Everything else is handed over.
-func (l *loop) classify(c *client, cmd *resp.Command) (slot uint16, reply []byte, act int) {
+func (l *loop) classify(lc *lclient, cmd *resp.Command) decision {
+	c := lc.c
 	args := cmd.Args
 	if isCrossProtocol(args[0]) {
-		return 0, nil, actHandOver
+		return decision{act: actHandOver}
 	}
 	c.steps, c.local = c.steps[:0], c.local[:0]
 	if l.s.auth != nil && !c.authed && !c.authGate(args[0]) {
-		return 0, c.local, actReply
+		return decision{act: actReply, reply: c.local}
 	}
 	spec, errText := l.s.table.Lookup(args)
 	if spec == nil {
-		return 0, redcon.AppendError(c.local, errText), actReply
+		return decision{act: actReply, reply: redcon.AppendError(c.local, errText)}
 	}
 	switch spec.Class {
 	case commands.Denied:
-		return 0, redcon.AppendError(c.local, errDenied(spec.Name)), actReply
+		return decision{act: actReply, reply: redcon.AppendError(c.local, errDenied(spec.Name))}
 	case commands.Local:
 		switch spec.Name {
 		case "dbsize", "info", "reset", "quit":
-			return 0, nil, actHandOver
+			return decision{act: actHandOver}
 		}
 		if strings.HasPrefix(spec.Name, "command") {
-			return 0, nil, actHandOver
+			return decision{act: actHandOver}
 		}
 		c.runLocal(spec, args)
-		return 0, c.local, actReply
+		return decision{act: actReply, reply: c.local}
+	case commands.Lock:
+		return l.classifyLock(lc, spec.Name, args)
 	case commands.Routed:
 	case commands.Split:
 		// MGET, MSET, DEL ... whose keys share a slot go as they are; the goroutine path
 		// splits the others.
 		if spec.Name == "mset" && len(args)%2 == 0 {
-			return 0, nil, actHandOver
+			return decision{act: actHandOver}
 		}
 	default:
-		return 0, nil, actHandOver
+		return decision{act: actHandOver}
 	}
 	switch spec.Name {
 	case "eval", "eval_ro", "evalsha", "evalsha_ro", "fcall", "fcall_ro":
 		// Scripts are remembered for the NOSCRIPT retry, and a script may return an error
 		// shaped like a redirect: the goroutine path knows both.
-		return 0, nil, actHandOver
+		return decision{act: actHandOver}
 	}
 	if cmd.Raw == nil {
 		// An inline command: forwarded re-encoded by the goroutine path.
-		return 0, nil, actHandOver
+		return decision{act: actHandOver}
 	}
 	l.keys = spec.Keys(args, l.keys[:0])
 	if len(l.keys) == 0 {
-		return 0, nil, actHandOver
+		return decision{act: actHandOver}
 	}
-	slot = cluster.SlotOf(args[l.keys[0]])
+	slot := cluster.SlotOf(args[l.keys[0]])
 	for _, k := range l.keys[1:] {
 		if cluster.SlotOf(args[k]) != slot {
 			if spec.Class == commands.Split {
-				return 0, nil, actHandOver
+				return decision{act: actHandOver}
 			}
-			return 0, redcon.AppendError(c.local, errCrossSlot), actReply
+			return decision{act: actReply, reply: redcon.AppendError(c.local, errCrossSlot)}
 		}
 	}
 	if !spec.ReadOnly && c.touchesLockKey(args, l.keys) {
-		return 0, redcon.AppendError(c.local, errLockKeys), actReply
+		return decision{act: actReply, reply: redcon.AppendError(c.local, errLockKeys)}
 	}
-	return slot, nil, actSend
+	return decision{act: actSend, slot: slot, req: cmd.Raw}
+}
+
+// classifyLock plans a lock command with the goroutine path's own code. The loop sends those
+// that run as one script call: LOCK without WAIT, KEEPALIVE or replica acknowledgement,
+// UNLOCK, RENEW, LOCKINFO and SAFESET.
+func (l *loop) classifyLock(lc *lclient, name string, args [][]byte) decision {
+	c := lc.c
+	if lc.inflight == 0 {
+		// Kept while requests are in flight: a pipelined UNLOCK without a token takes the
+		// token of a LOCK before it whose reply is not back yet.
+		c.lk.steps = c.lk.steps[:0]
+	}
+	c.ex.Reset()
+	c.scratch = c.scratch[:0]
+	n := len(c.lk.steps)
+	if c.planLockCommand(name, args) {
+		return decision{act: actHandOver} // a LOCK that may wait
+	}
+	if len(c.lk.steps) == n {
+		return decision{act: actReply, reply: c.local} // LOCKID, or a bad argument
+	}
+	ls := &c.lk.steps[n]
+	call := &c.ex.Calls[ls.call]
+	if call.Acks > 0 || ls.req.KeepAlive {
+		c.lk.steps = c.lk.steps[:n]
+		return decision{act: actHandOver}
+	}
+	lk := new(lockStep)
+	*lk = *ls
+	return decision{act: actSend, slot: ls.slot, req: call.Req, lk: lk}
+}
+
+// reply turns an upstream reply into the client's.
+func (l *loop) reply(c *lclient, lk *lockStep, r []byte) []byte {
+	if lk == nil {
+		return r
+	}
+	l.lockOut, _, _ = c.c.appendLockReply(l.lockOut[:0], lk, r, 0)
+	return l.lockOut
 }
 
 // complete delivers the reply of c's request seq, writing it now if every earlier reply is out.
@@ -673,6 +736,20 @@ func (l *loop) settle(c *lclient) {
 	l.rearm(c)
 }
 
+// peerGone stops watching a connection the peer has closed both ways (epoll would report it
+// again and again): what is in flight is let finish, then the client is closed.
+func (l *loop) peerGone(c *lclient) {
+	if c.readEnd == nil {
+		c.readEnd = io.EOF
+	}
+	c.held, c.detach, c.capped = nil, false, false
+	c.out, c.outOff, c.wblocked = c.out[:0], 0, false
+	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
+	c.events = 0
+	c.gone = true
+	l.settle(c)
+}
+
 // finish answers a protocol error, as the goroutine path does, and closes c.
 func (l *loop) finish(c *lclient) {
 	var pe *resp.ProtocolError
@@ -691,7 +768,7 @@ func (l *loop) writeClient(c *lclient) {
 		if err == unix.EINTR {
 			continue
 		}
-		if err == unix.EAGAIN {
+		if err == unix.EAGAIN && !c.gone {
 			c.wblocked = true
 			break
 		}
@@ -908,7 +985,7 @@ func (l *loop) readNode(nd *lnode) {
 			l.redirect(req, nd, reply)
 			continue
 		}
-		l.complete(req.c, req.seq, reply)
+		l.complete(req.c, req.seq, l.reply(req.c, req.lk, reply))
 		if req.c.inflight == 0 {
 			l.settle(req.c)
 		}
@@ -964,7 +1041,7 @@ func (l *loop) redirect(req nodeReq, nd *lnode, reply []byte) {
 		Reply: append([]byte(nil), reply...),
 		From:  nd.addr,
 	})
-	c.retrySeq = append(c.retrySeq, req.seq)
+	c.retryReqs = append(c.retryReqs, req)
 	l.startRetries(c)
 }
 
@@ -973,8 +1050,8 @@ func (l *loop) startRetries(c *lclient) {
 		return
 	}
 	c.retryRunning = true
-	batch, seqs := c.retryQ, c.retrySeq
-	c.retryQ, c.retrySeq = nil, nil
+	batch, reqs := c.retryQ, c.retryReqs
+	c.retryQ, c.retryReqs = nil, nil
 	pool := l.s.pool
 	go func() {
 		pool.FollowRedirects(batch)
@@ -983,9 +1060,9 @@ func (l *loop) startRetries(c *lclient) {
 			for i := range batch {
 				r := &batch[i]
 				if r.Err != nil {
-					l.complete(c, seqs[i], appendErr(nil, errUpstream(r.Err)))
+					l.complete(c, reqs[i].seq, appendErr(nil, errUpstream(r.Err)))
 				} else {
-					l.complete(c, seqs[i], r.Reply)
+					l.complete(c, reqs[i].seq, l.reply(c, reqs[i].lk, r.Reply))
 				}
 			}
 			l.startRetries(c)

@@ -58,6 +58,8 @@ type config struct {
 	out        string
 	profile    string
 	profileDur time.Duration
+
+	proxyConfig string
 }
 
 func main() { benchkit.Main("bench", run) }
@@ -73,6 +75,7 @@ func parseFlags(argv []string) (config, error) {
 	fs.StringVar(&c.cluster, "cluster", defCluster, "seed node host:port for direct runs (valkey-benchmark --cluster)")
 	fs.StringVar(&c.proxyBin, "proxy-bin", "bin/valkey-lock-proxy", "proxy binary to start")
 	fs.StringVar(&c.upstream, "upstream", defUpstream, "--upstream for the proxy")
+	fs.StringVar(&c.proxyConfig, "proxy-config", "", "--config file for the proxy (event-loops: 0 measures the goroutine front end)")
 	fs.StringVar(&c.benchBin, "valkey-benchmark", "valkey-benchmark", "valkey-benchmark binary")
 	fs.IntVar(&c.rounds, "rounds", 3, "rounds; each runs every cell direct and through the proxy")
 	fs.IntVar(&c.requests, "requests", 100000, "requests per valkey-benchmark run (-n)")
@@ -655,7 +658,7 @@ func run(ctx context.Context, argv []string) error {
 	loadStart := benchkit.LoadAvg()
 
 	px, err := benchkit.StartProxy(ctx, benchkit.ProxyOptions{
-		Bin: c.proxyBin, Upstream: c.upstream, Pprof: c.profile != "", Logf: logf})
+		Bin: c.proxyBin, Upstream: c.upstream, Config: c.proxyConfig, Pprof: c.profile != "", Logf: logf})
 	if err != nil {
 		return err
 	}
