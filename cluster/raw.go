@@ -43,6 +43,9 @@ func (p *Pool) ConnLost(addr string, failed int, cause error) error {
 	return fmt.Errorf("%w: connection to %s lost (%v); the command may have been executed", ErrUpstream, addr, cause)
 }
 
+// WaitTimeout is the timeout of the WAIT after acknowledged writes.
+func (p *Pool) WaitTimeout() time.Duration { return p.opts.WaitTimeout }
+
 // Timeout is how long requests may wait with no reply byte before their connection is closed.
 func (p *Pool) Timeout() time.Duration { return p.opts.Timeout }
 
@@ -56,6 +59,10 @@ type Redirected struct {
 	Reply []byte // the redirect on input; the final reply (or nil with Err) on output
 	From  string // the node that answered
 	Err   error
+	// Acks > 0: the call is an acquisition to be followed by WAIT for that many replicas;
+	// Acked is WAIT's answer.
+	Acks  int
+	Acked int
 }
 
 // FollowRedirects finishes calls whose first reply was MOVED, ASK or TRYAGAIN, one at a time
@@ -63,11 +70,11 @@ type Redirected struct {
 func (p *Pool) FollowRedirects(rs []Redirected) {
 	ex := NewExchange()
 	for i := range rs {
-		ex.Calls = append(ex.Calls, Call{Req: rs[i].Req, Slot: rs[i].Slot, Reply: rs[i].Reply, from: rs[i].From})
+		ex.Calls = append(ex.Calls, Call{Req: rs[i].Req, Slot: rs[i].Slot, Reply: rs[i].Reply, from: rs[i].From, Acks: rs[i].Acks})
 	}
 	p.followRedirects(ex)
 	for i := range rs {
-		rs[i].Reply, rs[i].Err = ex.Calls[i].Reply, ex.Calls[i].Err
+		rs[i].Reply, rs[i].Err, rs[i].Acked = ex.Calls[i].Reply, ex.Calls[i].Err, ex.Calls[i].Acked
 	}
 }
 

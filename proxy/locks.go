@@ -451,10 +451,7 @@ func parseLockReply(r []byte) (acquired bool, n int64, ok bool) {
 func (c *client) lockAcquired(out []byte, ls *lockStep, acked int, fence int64) []byte {
 	m := c.s.locks
 	if ls.acks > 0 && acked < ls.acks {
-		// Not durable enough: give it back before anyone relies on it.
-		m.noReplicas.Add(1)
-		c.unlockNow(ls.key, ls.slot, ls.token)
-		return redcon.AppendError(out, "NOREPLICAS Not enough replicas acknowledged the lock")
+		return c.noReplicas(out, ls)
 	}
 	m.acquired.Add(1)
 	c.rememberToken(ls.key, ls.token)
@@ -467,6 +464,13 @@ func (c *client) lockAcquired(out []byte, ls *lockStep, acked int, fence int64) 
 		return redcon.AppendInt(out, fence)
 	}
 	return redcon.AppendBulkString(out, ls.token)
+}
+
+// noReplicas gives back a lock too few replicas acknowledged, before anyone relies on it.
+func (c *client) noReplicas(out []byte, ls *lockStep) []byte {
+	c.s.locks.noReplicas.Add(1)
+	c.unlockNow(ls.key, ls.slot, ls.token)
+	return redcon.AppendError(out, "NOREPLICAS Not enough replicas acknowledged the lock")
 }
 
 // released does the bookkeeping of a successful UNLOCK and wakes this proxy's next waiter.

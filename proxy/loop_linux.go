@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -116,19 +117,20 @@ type loop struct {
 	spare  []func()
 	signal bool
 
-	clients []*lclient // by fd
-	nodeFds []*lnode   // by fd
-	nodes   map[string]*lnode
-	dirtyC  []*lclient
-	dirtyN  []*lnode
-	spareC  []*lclient
-	spareN  []*lnode
-	checked int64 // when checkStalled last ran
-	closing bool
-	keys    []int
-	lockOut []byte
-	now     int64
-	wakeBuf [8]byte
+	clients  []*lclient // by fd
+	nodeFds  []*lnode   // by fd
+	nodes    map[string]*lnode
+	ackNodes map[string]*lnode
+	dirtyC   []*lclient
+	dirtyN   []*lnode
+	spareC   []*lclient
+	spareN   []*lnode
+	checked  int64 // when checkStalled last ran
+	closing  bool
+	keys     []int
+	lockOut  []byte
+	now      int64
+	wakeBuf  [8]byte
 }
 
 // lclient is a client connection served by a loop.
@@ -166,6 +168,7 @@ type lclient struct {
 	retryQ       []cluster.Redirected
 	retryReqs    []nodeReq
 	retryRunning bool
+	acking       int // acknowledged LOCKs in flight
 }
 
 type pendEntry struct {
@@ -216,6 +219,11 @@ type lnode struct {
 	r, w int
 	scan cluster.ReplyScanner
 
+	// needWait > 0: the acquisitions written since the last WAIT need that many replicas; the
+	// flush appends one WAIT for all of them. Their replies are held until it answers.
+	needWait int
+	held     []heldReply
+
 	dirty        bool
 	lastProgress int64
 	dialFailedAt int64 // when a dial last failed, with dialErr
@@ -223,11 +231,16 @@ type lnode struct {
 }
 
 type nodeReq struct {
-	c          *lclient
+	c          *lclient // nil for the proxy's own WAIT
 	seq        uint64
 	slot       uint16
 	start, end int
 	lk         *lockStep
+}
+
+type heldReply struct {
+	req   nodeReq
+	reply []byte
 }
 
 func newLoop(s *Server) (*loop, error) {
@@ -240,7 +253,8 @@ func newLoop(s *Server) (*loop, error) {
 		_ = unix.Close(epfd)
 		return nil, err
 	}
-	l := &loop{s: s, epfd: epfd, wakefd: wakefd, events: make([]unix.EpollEvent, 256), nodes: map[string]*lnode{}}
+	l := &loop{s: s, epfd: epfd, wakefd: wakefd, events: make([]unix.EpollEvent, 256),
+		nodes: map[string]*lnode{}, ackNodes: map[string]*lnode{}}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd), Pad: evWake}); err != nil {
 		l.destroy()
 		return nil, err
@@ -349,9 +363,11 @@ func (l *loop) node(fd int) *lnode {
 }
 
 func (l *loop) busyNodes() bool {
-	for _, nd := range l.nodes {
-		if nd.head < len(nd.fifo) {
-			return true
+	for _, m := range [2]map[string]*lnode{l.nodes, l.ackNodes} {
+		for _, nd := range m {
+			if nd.head < len(nd.fifo) {
+				return true
+			}
 		}
 	}
 	return false
@@ -365,6 +381,9 @@ func (l *loop) flush() {
 		l.dirtyN = l.spareN[:0]
 		for i, nd := range ns {
 			nd.dirty = false
+			if nd.needWait > 0 && !nd.dead {
+				l.appendWait(nd)
+			}
 			if !nd.dead {
 				l.writeNode(nd)
 			}
@@ -467,7 +486,9 @@ func (l *loop) readClient(c *lclient, budget int) {
 // the loop does not serve, or when the slot map changed under requests still in flight.
 func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 	for i := range cmds {
-		if c.detach || (c.inflight > 0 && (c.epoch != l.s.pool.Epoch() || c.retryRunning)) {
+		if c.detach || (c.inflight > 0 && (c.epoch != l.s.pool.Epoch() || c.retryRunning || c.acking > 0)) {
+			// Commands after an acknowledged LOCK wait for it, so that none can overtake it
+			// on the other connection.
 			return i
 		}
 		d := l.classify(c, &cmds[i])
@@ -486,7 +507,11 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 			l.complete(c, seq, d.reply)
 			continue
 		}
-		nd, errText := l.route(d.slot)
+		acks := 0
+		if d.lk != nil && d.lk.kind == lkLock {
+			acks = d.lk.acks
+		}
+		nd, errText := l.route(d.slot, acks > 0)
 		if nd == nil {
 			l.complete(c, seq, appendErr(nil, errText))
 			continue
@@ -494,6 +519,10 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 		start := len(nd.out)
 		nd.out = append(nd.out, d.req...)
 		nd.fifo = append(nd.fifo, nodeReq{c: c, seq: seq, slot: d.slot, start: start, end: len(nd.out), lk: d.lk})
+		if acks > 0 {
+			nd.needWait = max(nd.needWait, acks)
+			c.acking++
+		}
 		if nd.head == len(nd.fifo)-1 {
 			nd.lastProgress = l.now
 		}
@@ -602,8 +631,8 @@ func (l *loop) classify(lc *lclient, cmd *resp.Command) decision {
 }
 
 // classifyLock plans a lock command with the goroutine path's own code. The loop sends those
-// that run as one script call: LOCK without WAIT, KEEPALIVE or replica acknowledgement,
-// UNLOCK, RENEW, LOCKINFO and SAFESET.
+// that run as one script call: LOCK without WAIT or KEEPALIVE (with replica acknowledgement
+// too), UNLOCK, RENEW, LOCKINFO and SAFESET.
 func (l *loop) classifyLock(lc *lclient, name string, args [][]byte) decision {
 	c := lc.c
 	if lc.inflight == 0 {
@@ -622,7 +651,7 @@ func (l *loop) classifyLock(lc *lclient, name string, args [][]byte) decision {
 	}
 	ls := &c.lk.steps[n]
 	call := &c.ex.Calls[ls.call]
-	if call.Acks > 0 || ls.req.KeepAlive {
+	if ls.req.KeepAlive {
 		c.lk.steps = c.lk.steps[:n]
 		return decision{act: actHandOver}
 	}
@@ -633,10 +662,14 @@ func (l *loop) classifyLock(lc *lclient, name string, args [][]byte) decision {
 
 // reply turns an upstream reply into the client's.
 func (l *loop) reply(c *lclient, lk *lockStep, r []byte) []byte {
+	return l.replyAcked(c, lk, r, 0)
+}
+
+func (l *loop) replyAcked(c *lclient, lk *lockStep, r []byte, acked int) []byte {
 	if lk == nil {
 		return r
 	}
-	l.lockOut, _, _ = c.c.appendLockReply(l.lockOut[:0], lk, r, 0)
+	l.lockOut, _, _ = c.c.appendLockReply(l.lockOut[:0], lk, r, acked)
 	return l.lockOut
 }
 
@@ -852,12 +885,18 @@ func (l *loop) beginShutdown(force bool) {
 
 // route returns the loop's connection to the primary serving slot, dialling it when needed, or
 // the error the client gets.
-func (l *loop) route(slot uint16) (*lnode, string) {
+func (l *loop) route(slot uint16, ack bool) (*lnode, string) {
 	n := l.s.pool.NodeForSlot(slot)
 	if n == nil {
 		return nil, errNoSlot
 	}
-	nd := l.nodes[n.Addr]
+	nodes := l.nodes
+	if ack {
+		// Acquisitions followed by WAIT have a connection of their own, so that a WAIT for a
+		// slow replica holds up nothing else.
+		nodes = l.ackNodes
+	}
+	nd := nodes[n.Addr]
 	if nd != nil && !nd.dead {
 		return nd, ""
 	}
@@ -872,7 +911,7 @@ func (l *loop) route(slot uint16) (*lnode, string) {
 	if err != nil {
 		if nd == nil {
 			nd = &lnode{addr: n.Addr}
-			l.nodes[n.Addr] = nd
+			nodes[n.Addr] = nd
 		}
 		nd.dead, nd.dialFailedAt, nd.dialErr = true, l.now, err
 		return nil, errUpstream(err)
@@ -886,7 +925,7 @@ func (l *loop) route(slot uint16) (*lnode, string) {
 		l.nodeFds = append(l.nodeFds, make([]*lnode, max(16, len(l.nodeFds)))...)
 	}
 	l.nodeFds[fd] = nd
-	l.nodes[n.Addr] = nd
+	nodes[n.Addr] = nd
 	return nd, ""
 }
 
@@ -978,6 +1017,10 @@ func (l *loop) readNode(nd *lnode) {
 		req := nd.fifo[nd.head]
 		nd.fifo[nd.head] = nodeReq{}
 		nd.head++
+		if req.c == nil {
+			l.settleWait(nd, reply)
+			continue
+		}
 		if req.c.closed {
 			continue
 		}
@@ -985,6 +1028,11 @@ func (l *loop) readNode(nd *lnode) {
 			l.redirect(req, nd, reply)
 			continue
 		}
+		if req.lk != nil && req.lk.kind == lkLock && req.lk.acks > 0 && reply[0] != '-' {
+			nd.held = append(nd.held, heldReply{req: req, reply: append([]byte(nil), reply...)})
+			continue
+		}
+		l.acked(req)
 		l.complete(req.c, req.seq, l.reply(req.c, req.lk, reply))
 		if req.c.inflight == 0 {
 			l.settle(req.c)
@@ -1035,12 +1083,16 @@ func (l *loop) trimNode(nd *lnode) {
 // sends nothing new until they are done.
 func (l *loop) redirect(req nodeReq, nd *lnode, reply []byte) {
 	c := req.c
-	c.retryQ = append(c.retryQ, cluster.Redirected{
+	r := cluster.Redirected{
 		Req:   append([]byte(nil), nd.out[req.start:req.end]...),
 		Slot:  req.slot,
 		Reply: append([]byte(nil), reply...),
 		From:  nd.addr,
-	})
+	}
+	if req.lk != nil && req.lk.kind == lkLock {
+		r.Acks = req.lk.acks
+	}
+	c.retryQ = append(c.retryQ, r)
 	c.retryReqs = append(c.retryReqs, req)
 	l.startRetries(c)
 }
@@ -1059,13 +1111,68 @@ func (l *loop) startRetries(c *lclient) {
 			c.retryRunning = false
 			for i := range batch {
 				r := &batch[i]
-				if r.Err != nil {
+				switch {
+				case r.Err != nil:
+					l.acked(reqs[i])
 					l.complete(c, reqs[i].seq, appendErr(nil, errUpstream(r.Err)))
-				} else {
+				case r.Acks > 0:
+					l.finishAcked(reqs[i], r.Reply, r.Acked)
+				default:
 					l.complete(c, reqs[i].seq, l.reply(c, reqs[i].lk, r.Reply))
 				}
 			}
 			l.startRetries(c)
+			l.settle(c)
+		})
+	}()
+}
+
+// appendWait writes one WAIT after the acquisitions that need it.
+func (l *loop) appendWait(nd *lnode) {
+	start := len(nd.out)
+	nd.out = cluster.AppendCommand(nd.out, "WAIT", strconv.Itoa(nd.needWait),
+		strconv.FormatInt(max(l.s.pool.WaitTimeout().Milliseconds(), 1), 10))
+	nd.fifo = append(nd.fifo, nodeReq{start: start, end: len(nd.out)})
+	nd.needWait = 0
+}
+
+// settleWait answers the acquisitions a WAIT covered, now that it says how many replicas have
+// them.
+func (l *loop) settleWait(nd *lnode, reply []byte) {
+	n, _ := cluster.IntValue(reply)
+	held := nd.held
+	nd.held = nil
+	for _, h := range held {
+		l.finishAcked(h.req, h.reply, int(n))
+	}
+}
+
+// acked notes that an acknowledged LOCK of its client is settled.
+func (l *loop) acked(req nodeReq) {
+	if req.lk != nil && req.lk.kind == lkLock && req.lk.acks > 0 {
+		req.c.acking--
+	}
+}
+
+// finishAcked answers an acknowledged LOCK. One that got the lock but too few replicas is
+// released first, on a goroutine, and answered NOREPLICAS after.
+func (l *loop) finishAcked(req nodeReq, reply []byte, acked int) {
+	c := req.c
+	if c.closed {
+		return
+	}
+	got, _, good := parseLockReply(reply)
+	if !good || !got || acked >= req.lk.acks {
+		l.acked(req)
+		l.complete(c, req.seq, l.replyAcked(c, req.lk, reply, acked))
+		l.settle(c)
+		return
+	}
+	go func() {
+		r := c.c.noReplicas(nil, req.lk)
+		l.post(func() {
+			l.acked(req)
+			l.complete(c, req.seq, r)
 			l.settle(c)
 		})
 	}()
@@ -1086,13 +1193,17 @@ func (l *loop) failNode(nd *lnode, cause error) {
 	err := l.s.pool.ConnLost(nd.addr, len(waiting), cause)
 	reply := appendErr(nil, errUpstream(err))
 	var touched []*lclient
+	for _, h := range nd.held {
+		waiting = append(waiting, h.req)
+	}
 	for _, req := range waiting {
-		if !req.c.closed {
+		if req.c != nil && !req.c.closed {
+			l.acked(req)
 			l.complete(req.c, req.seq, reply)
 			touched = append(touched, req.c)
 		}
 	}
-	nd.fifo, nd.head, nd.out, nd.woff = nil, 0, nil, 0
+	nd.fifo, nd.head, nd.out, nd.woff, nd.held, nd.needWait = nil, 0, nil, 0, nil, 0
 	for _, c := range touched {
 		l.settle(c)
 	}
@@ -1101,9 +1212,11 @@ func (l *loop) failNode(nd *lnode, cause error) {
 // checkStalled fails connections on which requests waited longer than the upstream timeout
 // without a byte of reply.
 func (l *loop) checkStalled(timeout int64) {
-	for _, nd := range l.nodes {
-		if !nd.dead && nd.head < len(nd.fifo) && l.now-nd.lastProgress > timeout {
-			l.failNode(nd, errors.New("no reply within upstream.timeout"))
+	for _, m := range [2]map[string]*lnode{l.nodes, l.ackNodes} {
+		for _, nd := range m {
+			if !nd.dead && nd.head < len(nd.fifo) && l.now-nd.lastProgress > timeout {
+				l.failNode(nd, errors.New("no reply within upstream.timeout"))
+			}
 		}
 	}
 }
