@@ -172,6 +172,9 @@ type lockState struct {
 	keepMu sync.Mutex
 	steps  []lockStep
 	waitEx *cluster.Exchange
+	// sent maps lock keys to the token of the latest LOCK an event loop sent and has no reply
+	// for: a pipelined UNLOCK without a token means it.
+	sent map[string]string
 }
 
 var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
@@ -326,7 +329,8 @@ func (c *client) pendingToken(key string) (string, bool) {
 			return ls.token, true
 		}
 	}
-	return "", false
+	t, ok := c.lk.sent[key]
+	return t, ok
 }
 
 func (c *client) addLockStep(ls lockStep) {

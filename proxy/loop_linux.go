@@ -635,11 +635,7 @@ func (l *loop) classify(lc *lclient, cmd *resp.Command) decision {
 // too), UNLOCK, RENEW, LOCKINFO and SAFESET.
 func (l *loop) classifyLock(lc *lclient, name string, args [][]byte) decision {
 	c := lc.c
-	if lc.inflight == 0 {
-		// Kept while requests are in flight: a pipelined UNLOCK without a token takes the
-		// token of a LOCK before it whose reply is not back yet.
-		c.lk.steps = c.lk.steps[:0]
-	}
+	c.lk.steps = c.lk.steps[:0]
 	c.ex.Reset()
 	c.scratch = c.scratch[:0]
 	n := len(c.lk.steps)
@@ -657,6 +653,13 @@ func (l *loop) classifyLock(lc *lclient, name string, args [][]byte) decision {
 	}
 	lk := new(lockStep)
 	*lk = *ls
+	if lk.kind == lkLock {
+		// A pipelined UNLOCK without a token means this LOCK's token, even before its reply.
+		if c.lk.sent == nil || len(c.lk.sent) >= loopMaxInflight {
+			c.lk.sent = map[string]string{} // entries of LOCKs that failed are dropped here
+		}
+		c.lk.sent[lk.key] = lk.token
+	}
 	return decision{act: actSend, slot: ls.slot, req: call.Req, lk: lk}
 }
 
@@ -669,8 +672,16 @@ func (l *loop) replyAcked(c *lclient, lk *lockStep, r []byte, acked int) []byte 
 	if lk == nil {
 		return r
 	}
+	lockAnswered(c, lk)
 	l.lockOut, _, _ = c.c.appendLockReply(l.lockOut[:0], lk, r, acked)
 	return l.lockOut
+}
+
+// lockAnswered forgets the token of a LOCK in flight once it is answered.
+func lockAnswered(c *lclient, lk *lockStep) {
+	if lk.kind == lkLock && c.c.lk.sent[lk.key] == lk.token {
+		delete(c.c.lk.sent, lk.key)
+	}
 }
 
 // complete delivers the reply of c's request seq, writing it now if every earlier reply is out.
@@ -849,6 +860,7 @@ func (l *loop) handOver(c *lclient) {
 	rest := c.held
 	c.held = nil
 	c.closed = true
+	c.c.lk.sent = nil // nothing is in flight any more
 	l.unwatch(c.fd)
 	l.s.loopClients.Add(-1)
 	l.s.loopHandovers.Add(1)
@@ -1114,6 +1126,9 @@ func (l *loop) startRetries(c *lclient) {
 				switch {
 				case r.Err != nil:
 					l.acked(reqs[i])
+					if reqs[i].lk != nil {
+						lockAnswered(c, reqs[i].lk)
+					}
 					l.complete(c, reqs[i].seq, appendErr(nil, errUpstream(r.Err)))
 				case r.Acks > 0:
 					l.finishAcked(reqs[i], r.Reply, r.Acked)
@@ -1172,6 +1187,7 @@ func (l *loop) finishAcked(req nodeReq, reply []byte, acked int) {
 		r := c.c.noReplicas(nil, req.lk)
 		l.post(func() {
 			l.acked(req)
+			lockAnswered(c, req.lk)
 			l.complete(c, req.seq, r)
 			l.settle(c)
 		})
@@ -1199,6 +1215,9 @@ func (l *loop) failNode(nd *lnode, cause error) {
 	for _, req := range waiting {
 		if req.c != nil && !req.c.closed {
 			l.acked(req)
+			if req.lk != nil {
+				lockAnswered(req.c, req.lk)
+			}
 			l.complete(req.c, req.seq, reply)
 			touched = append(touched, req.c)
 		}

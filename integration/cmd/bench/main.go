@@ -455,12 +455,13 @@ func benchArgs(c config, t target, test string, pipeline, requests int, seed int
 type benchOut struct {
 	rps   map[string]float64 // by upper-case test name
 	p50   map[string]float64
+	p99   map[string]float64
 	wall  time.Duration
 	genUS float64 // valkey-benchmark's own CPU, µs
 }
 
 func runBench(ctx context.Context, c config, args []string) (benchOut, error) {
-	out := benchOut{rps: map[string]float64{}, p50: map[string]float64{}}
+	out := benchOut{rps: map[string]float64{}, p50: map[string]float64{}, p99: map[string]float64{}}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, c.benchBin, args...)
@@ -506,9 +507,11 @@ func runBench(ctx context.Context, c config, args []string) (benchOut, error) {
 			return out, fmt.Errorf("bad rps %q", r[ri])
 		}
 		out.rps[strings.ToUpper(r[0])] = v
-		if pi, ok := col["p50_latency_ms"]; ok && len(r) > pi {
-			if p, err := strconv.ParseFloat(r[pi], 64); err == nil {
-				out.p50[strings.ToUpper(r[0])] = p
+		for name, m := range map[string]map[string]float64{"p50_latency_ms": out.p50, "p99_latency_ms": out.p99} {
+			if pi, ok := col[name]; ok && len(r) > pi {
+				if p, err := strconv.ParseFloat(r[pi], 64); err == nil {
+					m[strings.ToUpper(r[0])] = p
+				}
 			}
 		}
 	}
@@ -517,7 +520,7 @@ func runBench(ctx context.Context, c config, args []string) (benchOut, error) {
 
 // sample is one measured run of one cell against one target.
 type sample struct {
-	rps, p50ms           float64
+	rps, p50ms, p99ms    float64
 	wall                 time.Duration
 	genUS                float64 // load generator µs/request
 	proxyUS              float64 // proxy µs/request (proxy runs)
@@ -584,7 +587,7 @@ func measure(ctx context.Context, c config, seeds []string, px *benchkit.Proxy, 
 			return s, fmt.Errorf("%d %s calls failed or were rejected during the run", e, name)
 		}
 	}
-	s.rps, s.p50ms, s.wall = rps, out.p50[name], out.wall
+	s.rps, s.p50ms, s.p99ms, s.wall = rps, out.p50[name], out.p99[name], out.wall
 	s.genUS = out.genUS / n
 	if t.name == "proxy" {
 		s.proxyUS, s.proxyR, s.proxyW = perReq(pb, pa, c.requests)
@@ -872,8 +875,8 @@ func buildReport(c config, ci clusterInfo, px *benchkit.Proxy, direct, viaProxy 
 	}
 
 	w("\n## Throughput (requests/s, medians of %d rounds; ratio = proxy / direct)\n\n", c.rounds)
-	w("| test | P | direct rps | proxy rps | ratio of medians | median of round ratios | round ratios | p50 ms direct / proxy |\n")
-	w("|---|---|---|---|---|---|---|---|\n")
+	w("| test | P | direct rps | proxy rps | ratio of medians | median of round ratios | round ratios | p50 ms direct / proxy | p99 ms direct / proxy |\n")
+	w("|---|---|---|---|---|---|---|---|---|\n")
 	for _, k := range cells {
 		rs := results[k]
 		d := benchkit.Median(pick(rs, func(r roundResult) float64 { return r.direct.rps }))
@@ -883,11 +886,13 @@ func buildReport(c config, ci clusterInfo, px *benchkit.Proxy, direct, viaProxy 
 		for _, x := range ratios {
 			rstr = append(rstr, benchkit.Num(x, 2))
 		}
-		w("| %s | %d | %s | %s | **%s** | %s | %s | %s / %s |\n", strings.ToUpper(k.test), k.pipeline,
+		w("| %s | %d | %s | %s | **%s** | %s | %s | %s / %s | %s / %s |\n", strings.ToUpper(k.test), k.pipeline,
 			benchkit.Num(d, 0), benchkit.Num(p, 0), benchkit.Num(p/d, 2), benchkit.Num(benchkit.Median(ratios), 2),
 			strings.Join(rstr, " "),
 			benchkit.Num(benchkit.Median(pick(rs, func(r roundResult) float64 { return r.direct.p50ms })), 3),
-			benchkit.Num(benchkit.Median(pick(rs, func(r roundResult) float64 { return r.proxy.p50ms })), 3))
+			benchkit.Num(benchkit.Median(pick(rs, func(r roundResult) float64 { return r.proxy.p50ms })), 3),
+			benchkit.Num(benchkit.Median(pick(rs, func(r roundResult) float64 { return r.direct.p99ms })), 3),
+			benchkit.Num(benchkit.Median(pick(rs, func(r roundResult) float64 { return r.proxy.p99ms })), 3))
 	}
 
 	w("\n## CPU per request (µs, medians of %d rounds)\n\n", c.rounds)
