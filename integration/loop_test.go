@@ -9,22 +9,6 @@ import (
 	"time"
 )
 
-// proxyInfo returns one field of INFO proxy, read on a connection of its own.
-func proxyInfo(t *testing.T, p *proxyProc, field string) string {
-	t.Helper()
-	info, err := p.client(t).Info(ctxT(t), "proxy").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(info, "\r\n") {
-		if v, ok := strings.CutPrefix(line, field+":"); ok {
-			return v
-		}
-	}
-	t.Fatalf("INFO proxy has no %s:\n%s", field, info)
-	return ""
-}
-
 // TestLoopPipelineAcrossNodes pipelines thousands of commands over keys on every primary, with
 // values from a few bytes to 300 KB, so that replies come back from the nodes out of order and
 // larger than the loop's read buffer; every reply must come back in request order.
@@ -74,7 +58,7 @@ func TestLoopPipelineAcrossNodes(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if h := proxyInfo(t, p, "proxy_loop_handovers"); h != "1" {
+	if h := proxyInfoField(t, p, "proxy_loop_handovers"); h != "1" {
 		// Only the INFO connection itself leaves the loop.
 		t.Errorf("proxy_loop_handovers = %s, want 1: the pipeline should have stayed on the loop", h)
 	}
@@ -144,7 +128,7 @@ func TestLoopHandOverMidPipeline(t *testing.T) {
 func TestLoopsOff(t *testing.T) {
 	cfg := writeConfig(t, "event-loops: 0\n")
 	p := startProxy(t, nil, "--config", cfg)
-	if v := proxyInfo(t, p, "proxy_event_loops"); v != "0" {
+	if v := proxyInfoField(t, p, "proxy_event_loops"); v != "0" {
 		t.Fatalf("proxy_event_loops = %s, want 0", v)
 	}
 	c := p.client(t)
@@ -158,7 +142,7 @@ func TestLoopsOff(t *testing.T) {
 			t.Fatalf("GET %s = %d, %v", k, v, err)
 		}
 	}
-	if v := proxyInfo(t, p, "proxy_loop_handovers"); v != "0" {
+	if v := proxyInfoField(t, p, "proxy_loop_handovers"); v != "0" {
 		t.Fatalf("proxy_loop_handovers = %s, want 0", v)
 	}
 }

@@ -167,8 +167,15 @@ func TestReshardingIsTransparent(t *testing.T) {
 	if sum != total {
 		t.Errorf("sum of counters %d, successful INCRs %d: writes lost or doubled", sum, total)
 	}
+	// The go-redis connections stay on the event loop (only the INFO connection leaves it):
+	// the loop's own redirect handling is what this test measures.
+	handovers := proxyInfoField(t, p, "proxy_loop_handovers")
 	redirects := proxyInfoField(t, p, "upstream_redirects_followed")
-	t.Logf("%d pipelines of INCR+GET+MGET during two migrations of slot %d; the proxy followed %s redirects", total, slot, redirects)
+	t.Logf("%d pipelines of INCR+GET+MGET during two migrations of slot %d; the proxy followed %s redirects; %s client(s) left the event loop",
+		total, slot, redirects, handovers)
+	if handovers != "1" {
+		t.Errorf("proxy_loop_handovers = %s, want 1 (the INFO connection): the workload left the event loop", handovers)
+	}
 	if redirects == "0" {
 		t.Error("no redirect was followed: the migration was not exercised")
 	}
