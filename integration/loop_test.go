@@ -5,8 +5,12 @@ import (
 	"math/rand"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // TestLoopPipelineAcrossNodes pipelines thousands of commands over keys on every primary, with
@@ -144,5 +148,51 @@ func TestLoopsOff(t *testing.T) {
 	}
 	if v := proxyInfoField(t, p, "proxy_loop_handovers"); v != "0" {
 		t.Fatalf("proxy_loop_handovers = %s, want 0", v)
+	}
+}
+
+// TestStalledUpstream stops the (standalone) upstream with SIGSTOP: a request waiting on it is
+// answered with an error once upstream.timeout passes, on the event loop and on the goroutine
+// front end alike, and the next request after SIGCONT works on a new connection.
+func TestStalledUpstream(t *testing.T) {
+	ctx := ctxT(t)
+	direct := redis.NewClient(&redis.Options{Addr: standaloneAddr, Protocol: 2})
+	t.Cleanup(func() { _ = direct.Close() })
+	pid, err := strconv.Atoi(lkInfoField(ctx, direct, "server", "process_id"))
+	if err != nil || pid <= 0 {
+		t.Fatalf("standalone server %s: process_id %d, %v", standaloneAddr, pid, err)
+	}
+	for _, loops := range []int{1, 0} {
+		t.Run(fmt.Sprintf("event-loops=%d", loops), func(t *testing.T) {
+			cfg := writeConfig(t, fmt.Sprintf("event-loops: %d\nupstream:\n  timeout: 1s\n", loops))
+			p := startProxy(t, []string{standaloneAddr}, "--config", cfg)
+			rc := dialRaw(t, p.Addr)
+			rc.send(encode("SET", "stall:k", "v"))
+			if got, err := rc.reply(); got != "+OK\r\n" {
+				t.Fatalf("SET = %q, %v", got, err)
+			}
+			var resume sync.Once
+			cont := func() { resume.Do(func() { _ = syscall.Kill(pid, syscall.SIGCONT) }) }
+			if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+				t.Fatalf("SIGSTOP %d: %v", pid, err)
+			}
+			t.Cleanup(cont)
+			start := time.Now()
+			rc.send(encode("GET", "stall:k"))
+			got, err := rc.reply()
+			waited := time.Since(start)
+			cont()
+			t.Logf("GET while the upstream was stopped: %q after %v", got, waited.Round(time.Millisecond))
+			if err != nil || !strings.HasPrefix(got, "-ERR proxy: upstream") {
+				t.Fatalf("GET while the upstream is stopped = %q, %v; want an upstream error", got, err)
+			}
+			if waited < 900*time.Millisecond {
+				t.Errorf("the error came after %v, before upstream.timeout (1s)", waited)
+			}
+			rc.send(encode("GET", "stall:k"))
+			if got, err := rc.reply(); got != "$1\r\nv\r\n" {
+				t.Fatalf("GET after SIGCONT = %q, %v", got, err)
+			}
+		})
 	}
 }
