@@ -68,8 +68,9 @@ type Pool struct {
 	pins  map[*Node]*pinnedPool
 
 	clock       atomic.Int64
-	epoch       atomic.Uint64 // bumped when a slot changes primary
-	lastDialLog atomic.Int64  // of DialRaw
+	epoch       atomic.Uint64 // see storeSlots
+	slotsMu     sync.Mutex
+	lastDialLog atomic.Int64 // of DialRaw
 	stopped     atomic.Bool
 	stats       struct{ connLost, dialFailed, redirects atomic.Int64 }
 	refreshCh   chan struct{}
@@ -388,10 +389,11 @@ func (p *Pool) refresh(ctx context.Context) error {
 	if p.standalone {
 		n := p.node(p.opts.Seeds[0])
 		if p.slots[0].Load() != n {
-			p.epoch.Add(1)
-		}
-		for i := range p.slots {
-			p.slots[i].Store(n)
+			p.storeSlots(func(store func(int, *Node)) {
+				for i := range p.slots {
+					store(i, n)
+				}
+			})
 		}
 		p.primaries.Store(&[]*Node{n})
 		return nil
@@ -446,7 +448,11 @@ func (p *Pool) refresh(ctx context.Context) error {
 	}
 	seen := map[string]bool{}
 	var prim, reps []*Node
-	moved := false
+	type move struct {
+		slot int64
+		n    *Node
+	}
+	var moves []move
 	for _, s := range spans {
 		n := p.node(s.addr)
 		n.replicas.Store(int32(len(s.replicas)))
@@ -473,13 +479,16 @@ func (p *Pool) refresh(ctx context.Context) error {
 		}
 		for i := s.lo; i <= s.hi; i++ {
 			if p.slots[i].Load() != n {
-				p.slots[i].Store(n)
-				moved = true
+				moves = append(moves, move{i, n})
 			}
 		}
 	}
-	if moved {
-		p.epoch.Add(1)
+	if len(moves) > 0 {
+		p.storeSlots(func(store func(int, *Node)) {
+			for _, m := range moves {
+				store(int(m.slot), m.n)
+			}
+		})
 	}
 	if old := p.Primaries(); !samePrimaries(old, prim) {
 		p.log.Info("cluster topology", zap.Int("primaries", len(prim)), zap.Strings("nodes", nodeAddrs(prim)))
@@ -487,6 +496,17 @@ func (p *Pool) refresh(ctx context.Context) error {
 	p.primaries.Store(&prim)
 	p.replicaNodes.Store(&reps)
 	return nil
+}
+
+// storeSlots changes slot owners under the epoch, as a sequence lock: odd while slots change,
+// bumped again once they have, so that a reader that saw the same even epoch before and after
+// looking up a slot knows the map did not move under it.
+func (p *Pool) storeSlots(each func(store func(int, *Node))) {
+	p.slotsMu.Lock()
+	defer p.slotsMu.Unlock()
+	p.epoch.Add(1)
+	each(func(i int, n *Node) { p.slots[i].Store(n) })
+	p.epoch.Add(1)
 }
 
 // Stats are counters for INFO: upstream connections lost, failed dials, redirects followed.

@@ -49,7 +49,8 @@ func (p *Pool) WaitTimeout() time.Duration { return p.opts.WaitTimeout }
 // Timeout is how long requests may wait with no reply byte before their connection is closed.
 func (p *Pool) Timeout() time.Duration { return p.opts.Timeout }
 
-// Epoch changes whenever a slot moves to another primary.
+// Epoch changes whenever a slot moves to another primary: it is odd while slots are being
+// changed, and even again once they have been.
 func (p *Pool) Epoch() uint64 { return p.epoch.Load() }
 
 // Redirected is a call that got a redirect reply on a connection outside the Pool.

@@ -1491,6 +1491,24 @@ func TestLockReplicaAck(t *testing.T) {
 		t.Errorf("INFO proxy locks_noreplicas = %q; want 0 with a healthy replica", v)
 	}
 
+	// (a2) An acknowledged LOCK travels on a connection of its own: it must not overtake the
+	// UNLOCK pipelined before it.
+	raw := dialRaw(t, p.Addr)
+	raw.send(encode("LOCK", r, "PX", "10000", "TOKEN", "order-0"))
+	if got, err := raw.reply(); got != "$7\r\norder-0\r\n" {
+		t.Fatalf("LOCK = %q, %v", got, err)
+	}
+	for i := 1; i <= 30; i++ {
+		prev, next := fmt.Sprintf("order-%d", i-1), fmt.Sprintf("order-%d", i)
+		raw.send(encode("UNLOCK", r, prev) + encode("LOCK", r, "PX", "10000", "TOKEN", next))
+		u, _ := raw.reply()
+		l, err := raw.reply()
+		if u != ":1\r\n" || l != fmt.Sprintf("$%d\r\n%s\r\n", len(next), next) {
+			t.Fatalf("round %d: pipelined UNLOCK then LOCK = %q, %q (%v); want :1 and the new token", i, u, l, err)
+		}
+	}
+	lkUnlock(t, ctx, c, r, "order-30")
+
 	// (b) With the replica paused, LOCK answers NOREPLICAS and leaves nothing behind.
 	pid, err := strconv.Atoi(lkInfoField(ctx, rc, "server", "process_id"))
 	if err != nil || pid <= 1 {
@@ -1531,6 +1549,24 @@ func TestLockReplicaAck(t *testing.T) {
 		lkUnlock(t, ctx, c, r, tok)
 		return true
 	})
+
+	// (c) A client that is gone before the acknowledgement is counted still has its
+	// unacknowledged lock released.
+	var resume2 sync.Once
+	cont2 := func() { resume2.Do(func() { _ = syscall.Kill(pid, syscall.SIGCONT) }) }
+	t.Cleanup(cont2)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP replica %s (pid %d): %v", replica.addr, pid, err)
+	}
+	gone := dialRaw(t, p.Addr)
+	gone.send(encode("LOCK", r, "PX", "10000"))
+	_ = gone.c.Close()
+	lkUntil(t, 3*time.Second, 20*time.Millisecond, "the lock of a client gone before NOREPLICAS to be released", func() bool {
+		_, err := pc.Get(ctx, key).Result()
+		return errors.Is(err, redis.Nil)
+	})
+	cont2()
+	lkLinkUp(t, ctx, replica.addr, time.Minute)
 }
 
 // 8. SAFESET.

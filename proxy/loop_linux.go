@@ -79,18 +79,26 @@ func (s *Server) startLoops(n int) error {
 	for _, l := range g.loops {
 		go l.run()
 	}
+	s.mu.Lock()
 	s.loops = g
+	s.mu.Unlock()
 	return nil
 }
 
-// adopt takes an accepted connection's descriptor for a loop; conn is closed either way.
+// adopt takes an accepted connection's descriptor for a loop and closes conn; on failure conn
+// is left open for a goroutine to serve.
 func (g *loopGroup) adopt(conn net.Conn) (func(*client), error) {
 	fd, err := takeFd(conn)
 	if err != nil {
 		return nil, err
 	}
 	l := g.loops[int(g.next.Add(1))%len(g.loops)]
-	return func(c *client) { l.post(func() { l.addClient(c, fd) }) }, nil
+	return func(c *client) {
+		if !l.post(func() { l.addClient(c, fd) }) {
+			_ = unix.Close(fd)
+			c.s.clientDone(c)
+		}
+	}, nil
 }
 
 func (s *Server) loopCount() int {
@@ -100,9 +108,17 @@ func (s *Server) loopCount() int {
 	return len(s.loops.loops)
 }
 
+// shutdown lets the loops' clients finish what they sent (force: closes them now).
 func (g *loopGroup) shutdown(force bool) {
 	for _, l := range g.loops {
 		l.post(func() { l.beginShutdown(force) })
+	}
+}
+
+// stop ends the loops once their clients are gone, closing their upstream connections.
+func (g *loopGroup) stop() {
+	for _, l := range g.loops {
+		l.post(func() { l.exiting = true })
 	}
 }
 
@@ -116,6 +132,9 @@ type loop struct {
 	inbox  []func()
 	spare  []func()
 	signal bool
+	exited bool // under mu
+
+	exiting bool
 
 	clients  []*lclient // by fd
 	nodeFds  []*lnode   // by fd
@@ -164,6 +183,7 @@ type lclient struct {
 	readEnd error // EOF, a read error or a protocol error: finish, then close
 	closed  bool
 	gone    bool // the peer closed both ways; no longer watched
+	dry     bool // the last read found no complete command
 
 	retryQ       []cluster.Redirected
 	retryReqs    []nodeReq
@@ -205,10 +225,11 @@ func (f *fdSource) Read(p []byte) (int, error) {
 
 // lnode is a loop's pipelined connection to one upstream node.
 type lnode struct {
-	addr   string
-	fd     int
-	events uint32
-	dead   bool
+	addr       string
+	fd         int
+	events     uint32
+	dead       bool
+	connecting bool // dialling on a goroutine; requests queue in out and fifo
 
 	out  []byte // requests; out[:woff] are written, kept until answered for redirects
 	woff int
@@ -268,8 +289,12 @@ func (l *loop) destroy() {
 }
 
 // post runs f on the loop's goroutine.
-func (l *loop) post(f func()) {
+func (l *loop) post(f func()) bool {
 	l.mu.Lock()
+	if l.exited {
+		l.mu.Unlock()
+		return false
+	}
 	l.inbox = append(l.inbox, f)
 	wake := !l.signal
 	l.signal = true
@@ -278,6 +303,7 @@ func (l *loop) post(f func()) {
 		one := [8]byte{1}
 		_, _ = unix.Write(l.wakefd, one[:])
 	}
+	return true
 }
 
 func (l *loop) runInbox() {
@@ -314,7 +340,33 @@ func (l *loop) run() {
 			l.checkStalled(int64(timeout) * int64(time.Millisecond))
 		}
 		l.flush()
+		if l.exiting {
+			l.exit()
+			return
+		}
 	}
+}
+
+// exit closes everything the loop owns. Posts after it are refused; what was posted before it
+// and not run yet only carried results for clients that are gone.
+func (l *loop) exit() {
+	l.mu.Lock()
+	l.exited = true
+	l.mu.Unlock()
+	for _, c := range l.clients {
+		if c != nil {
+			l.closeClient(c)
+		}
+	}
+	for _, m := range [2]map[string]*lnode{l.nodes, l.ackNodes} {
+		for _, nd := range m {
+			if !nd.dead && !nd.connecting {
+				nd.dead = true
+				_ = unix.Close(nd.fd)
+			}
+		}
+	}
+	l.destroy()
 }
 
 func (l *loop) handle(n int) {
@@ -455,9 +507,11 @@ func (l *loop) readClient(c *lclient, budget int) {
 		return
 	}
 	c.src.budget = budget
+	c.dry = true
 	for {
 		cmds, err := c.c.rd.ReadBatch()
 		if len(cmds) > 0 {
+			c.dry = false
 			l.s.totalCmds.Add(int64(len(cmds)))
 			c.c.lastCmd.Store(l.now)
 			if k := l.dispatch(c, cmds); k < len(cmds) {
@@ -482,13 +536,19 @@ func (l *loop) readClient(c *lclient, budget int) {
 	l.settle(c)
 }
 
-// dispatch sends cmds upstream in order and returns how many it took; it stops at a command
-// the loop does not serve, or when the slot map changed under requests still in flight.
+// dispatch sends cmds upstream in order and returns how many it took. It stops at a command
+// the loop does not serve, and holds the rest while something could let a later command
+// overtake an earlier one: the slot map moved under requests in flight, redirects are being
+// followed, or an acknowledged LOCK (on another connection) is in flight or would be sent
+// while earlier commands are.
 func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
+	pool := l.s.pool
 	for i := range cmds {
-		if c.detach || (c.inflight > 0 && (c.epoch != l.s.pool.Epoch() || c.retryRunning || c.acking > 0)) {
-			// Commands after an acknowledged LOCK wait for it, so that none can overtake it
-			// on the other connection.
+		if c.detach {
+			return i
+		}
+		e := pool.Epoch()
+		if c.inflight > 0 && (e != c.epoch || e&1 == 1 || c.retryRunning || c.acking > 0) {
 			return i
 		}
 		d := l.classify(c, &cmds[i])
@@ -496,23 +556,33 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 			c.detach = true
 			return i
 		}
+		acks := 0
+		if d.lk != nil && d.lk.kind == lkLock {
+			acks = d.lk.acks
+		}
+		if acks > 0 && c.inflight > 0 {
+			return i
+		}
+		var nd *lnode
+		errText := ""
+		if d.act == actSend {
+			nd, errText = l.route(d.slot, acks > 0)
+			if c.inflight > 0 && pool.Epoch() != e {
+				return i // the map moved while this command was routed
+			}
+		}
 		if c.inflight == 0 {
-			c.epoch = l.s.pool.Epoch()
+			c.epoch = pool.Epoch()
 		}
 		seq := c.nextSeq
 		c.nextSeq++
 		c.pend = append(c.pend, pendEntry{})
 		c.inflight++
-		if d.act == actReply {
+		switch {
+		case d.act == actReply:
 			l.complete(c, seq, d.reply)
 			continue
-		}
-		acks := 0
-		if d.lk != nil && d.lk.kind == lkLock {
-			acks = d.lk.acks
-		}
-		nd, errText := l.route(d.slot, acks > 0)
-		if nd == nil {
+		case nd == nil:
 			l.complete(c, seq, appendErr(nil, errText))
 			continue
 		}
@@ -522,6 +592,14 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 		if acks > 0 {
 			nd.needWait = max(nd.needWait, acks)
 			c.acking++
+		}
+		if d.lk != nil && d.lk.kind == lkLock {
+			// A pipelined UNLOCK without a token means this LOCK's token, even before its
+			// reply.
+			if c.c.lk.sent == nil || len(c.c.lk.sent) >= loopMaxInflight {
+				c.c.lk.sent = map[string]string{}
+			}
+			c.c.lk.sent[d.lk.key] = d.lk.token
 		}
 		if nd.head == len(nd.fifo)-1 {
 			nd.lastProgress = l.now
@@ -653,13 +731,6 @@ func (l *loop) classifyLock(lc *lclient, name string, args [][]byte) decision {
 	}
 	lk := new(lockStep)
 	*lk = *ls
-	if lk.kind == lkLock {
-		// A pipelined UNLOCK without a token means this LOCK's token, even before its reply.
-		if c.lk.sent == nil || len(c.lk.sent) >= loopMaxInflight {
-			c.lk.sent = map[string]string{} // entries of LOCKs that failed are dropped here
-		}
-		c.lk.sent[lk.key] = lk.token
-	}
 	return decision{act: actSend, slot: ls.slot, req: call.Req, lk: lk}
 }
 
@@ -750,8 +821,9 @@ func (l *loop) settle(c *lclient) {
 		c.held = nil
 		if k := l.dispatch(c, cmds); k < len(cmds) {
 			c.held = cmds[k:]
-		} else if c.readEnd == nil && !l.closing {
-			// Commands parsed with the held ones may still be buffered.
+		} else if c.readEnd == nil {
+			// Commands parsed with the held ones may still be buffered (budget 0: the
+			// socket is not read).
 			l.readClient(c, 0)
 			return
 		}
@@ -759,7 +831,7 @@ func (l *loop) settle(c *lclient) {
 	unsent := len(c.out) - c.outOff
 	if c.capped && c.waiting() == 0 && unsent < loopMaxUnsent {
 		c.capped = false
-		if c.readEnd == nil && !l.closing {
+		if c.readEnd == nil {
 			l.readClient(c, 0)
 			return
 		}
@@ -773,6 +845,12 @@ func (l *loop) settle(c *lclient) {
 			l.finish(c)
 			return
 		case l.closing && c.held == nil:
+			if !c.dry && c.readEnd == nil {
+				// Shutting down: serve the complete commands already received first, as
+				// the goroutine path does.
+				l.readClient(c, 0)
+				return
+			}
 			l.closeClient(c)
 			return
 		}
@@ -895,8 +973,9 @@ func (l *loop) beginShutdown(force bool) {
 // ---------------------------------------------------------------------------------------------
 // Upstream.
 
-// route returns the loop's connection to the primary serving slot, dialling it when needed, or
-// the error the client gets.
+// route returns the loop's connection to the primary serving slot, or the error the client
+// gets. A new connection is dialled on a goroutine, never on the loop: requests queue on it
+// meanwhile, and are written once it is up (or answered with the dial's error).
 func (l *loop) route(slot uint16, ack bool) (*lnode, string) {
 	n := l.s.pool.NodeForSlot(slot)
 	if n == nil {
@@ -915,35 +994,53 @@ func (l *loop) route(slot uint16, ack bool) (*lnode, string) {
 	if nd != nil && nd.dialErr != nil && l.now-nd.dialFailedAt < int64(loopDialBackoff) {
 		return nil, errUpstream(nd.dialErr)
 	}
-	conn, err := l.s.pool.DialRaw(n.Addr)
-	fd := -1
+	nd = &lnode{addr: n.Addr, fd: -1, connecting: true}
+	nodes[n.Addr] = nd
+	pool, addr := l.s.pool, n.Addr
+	go func() {
+		fd := -1
+		conn, err := pool.DialRaw(addr)
+		if err == nil {
+			if fd, err = takeFd(conn); err != nil {
+				_ = conn.Close()
+			}
+		}
+		if !l.post(func() { l.connected(nd, fd, err) }) && fd >= 0 {
+			_ = unix.Close(fd)
+		}
+	}()
+	return nd, ""
+}
+
+// connected finishes a dial started by route.
+func (l *loop) connected(nd *lnode, fd int, err error) {
+	nd.connecting = false
 	if err == nil {
-		fd, err = takeFd(conn)
+		err = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd), Pad: evNode})
+		if err != nil {
+			_ = unix.Close(fd)
+		}
 	}
 	if err != nil {
-		if nd == nil {
-			nd = &lnode{addr: n.Addr}
-			nodes[n.Addr] = nd
-		}
 		nd.dead, nd.dialFailedAt, nd.dialErr = true, l.now, err
-		return nil, errUpstream(err)
+		l.failRequests(nd, appendErr(nil, errUpstream(err)))
+		return
 	}
-	nd = &lnode{addr: n.Addr, fd: fd, in: make([]byte, loopNodeBuf), events: unix.EPOLLIN}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: nd.events, Fd: int32(fd), Pad: evNode}); err != nil {
-		_ = unix.Close(fd)
-		return nil, errUpstream(err)
-	}
+	nd.fd, nd.events, nd.in = fd, unix.EPOLLIN, make([]byte, loopNodeBuf)
 	for fd >= len(l.nodeFds) {
 		l.nodeFds = append(l.nodeFds, make([]*lnode, max(16, len(l.nodeFds)))...)
 	}
 	l.nodeFds[fd] = nd
-	nodes[n.Addr] = nd
-	return nd, ""
+	nd.lastProgress = l.now
+	if !nd.dirty && nd.woff < len(nd.out) {
+		nd.dirty = true
+		l.dirtyN = append(l.dirtyN, nd)
+	}
 }
 
-// takeFd turns a connection into a non-blocking descriptor the loop owns.
+// takeFd gives the caller a non-blocking duplicate of conn's descriptor and closes conn; on
+// failure conn is left open.
 func takeFd(conn net.Conn) (int, error) {
-	defer conn.Close()
 	sc, ok := conn.(syscall.Conn)
 	if !ok {
 		return -1, errors.New("not a TCP connection")
@@ -963,10 +1060,14 @@ func takeFd(conn net.Conn) (int, error) {
 		_ = unix.Close(fd)
 		return -1, err
 	}
+	_ = conn.Close()
 	return fd, nil
 }
 
 func (l *loop) writeNode(nd *lnode) {
+	if nd.connecting {
+		return // connected writes what queued
+	}
 	for nd.woff < len(nd.out) {
 		n, err := unix.Write(nd.fd, nd.out[nd.woff:])
 		if err == unix.EINTR {
@@ -1033,15 +1134,16 @@ func (l *loop) readNode(nd *lnode) {
 			l.settleWait(nd, reply)
 			continue
 		}
+		if req.lk != nil && req.lk.kind == lkLock && req.lk.acks > 0 && reply[0] != '-' {
+			// Held even for a client that is gone: a lock too few replicas have is released.
+			nd.held = append(nd.held, heldReply{req: req, reply: append([]byte(nil), reply...)})
+			continue
+		}
 		if req.c.closed {
 			continue
 		}
 		if reply[0] == '-' && cluster.IsRedirect(reply) {
 			l.redirect(req, nd, reply)
-			continue
-		}
-		if req.lk != nil && req.lk.kind == lkLock && req.lk.acks > 0 && reply[0] != '-' {
-			nd.held = append(nd.held, heldReply{req: req, reply: append([]byte(nil), reply...)})
 			continue
 		}
 		l.acked(req)
@@ -1173,11 +1275,15 @@ func (l *loop) acked(req nodeReq) {
 // released first, on a goroutine, and answered NOREPLICAS after.
 func (l *loop) finishAcked(req nodeReq, reply []byte, acked int) {
 	c := req.c
+	got, _, good := parseLockReply(reply)
+	short := good && got && acked < req.lk.acks
 	if c.closed {
+		if short {
+			go c.c.noReplicas(nil, req.lk)
+		}
 		return
 	}
-	got, _, good := parseLockReply(reply)
-	if !good || !got || acked >= req.lk.acks {
+	if !short {
 		l.acked(req)
 		l.complete(c, req.seq, l.replyAcked(c, req.lk, reply, acked))
 		l.settle(c)
@@ -1205,13 +1311,17 @@ func (l *loop) failNode(nd *lnode, cause error) {
 	if nd.fd < len(l.nodeFds) {
 		l.nodeFds[nd.fd] = nil
 	}
+	err := l.s.pool.ConnLost(nd.addr, len(nd.fifo)-nd.head, cause)
+	l.failRequests(nd, appendErr(nil, errUpstream(err)))
+}
+
+// failRequests answers every request queued or waiting on nd with reply.
+func (l *loop) failRequests(nd *lnode, reply []byte) {
 	waiting := nd.fifo[nd.head:]
-	err := l.s.pool.ConnLost(nd.addr, len(waiting), cause)
-	reply := appendErr(nil, errUpstream(err))
-	var touched []*lclient
 	for _, h := range nd.held {
 		waiting = append(waiting, h.req)
 	}
+	var touched []*lclient
 	for _, req := range waiting {
 		if req.c != nil && !req.c.closed {
 			l.acked(req)
@@ -1233,7 +1343,7 @@ func (l *loop) failNode(nd *lnode, cause error) {
 func (l *loop) checkStalled(timeout int64) {
 	for _, m := range [2]map[string]*lnode{l.nodes, l.ackNodes} {
 		for _, nd := range m {
-			if !nd.dead && nd.head < len(nd.fifo) && l.now-nd.lastProgress > timeout {
+			if !nd.dead && !nd.connecting && nd.head < len(nd.fifo) && l.now-nd.lastProgress > timeout {
 				l.failNode(nd, errors.New("no reply within upstream.timeout"))
 			}
 		}

@@ -19,3 +19,5 @@ func (g *loopGroup) adopt(net.Conn) (func(*client), error) {
 }
 
 func (g *loopGroup) shutdown(bool) {}
+
+func (g *loopGroup) stop() {}

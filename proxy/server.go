@@ -180,10 +180,10 @@ func (s *Server) accept(conn net.Conn) {
 	if s.loops != nil {
 		var err error
 		if start, err = s.loops.adopt(conn); err != nil {
-			s.log.Warn("cannot move a client to an event loop", zap.Error(err))
-			return
+			s.log.Warn("cannot move a client to an event loop; serving it on a goroutine", zap.Error(err))
+		} else {
+			c.conn = nil
 		}
-		c.conn = nil
 	}
 	s.mu.Lock()
 	if s.closing {
@@ -254,9 +254,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			c.interrupt()
 		}
 	}
+	loops := s.loops
 	s.mu.Unlock()
-	if s.loops != nil {
-		s.loops.shutdown(false)
+	if loops != nil {
+		loops.shutdown(false)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -264,6 +265,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		close(done)
 	}()
 	defer s.locks.close()
+	if loops != nil {
+		defer loops.stop()
+	}
 	select {
 	case <-done:
 		return nil
@@ -275,8 +279,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			}
 		}
 		s.mu.Unlock()
-		if s.loops != nil {
-			s.loops.shutdown(true)
+		if loops != nil {
+			loops.shutdown(true)
 		}
 		<-done
 		return ctx.Err()
