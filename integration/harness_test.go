@@ -141,6 +141,10 @@ func startProxy(t testing.TB, upstream []string, extra ...string) *proxyProc {
 	go func() { p.done <- cmd.Wait() }()
 	t.Cleanup(func() {
 		p.Stop(t)
+		// The binary is built with -race: a race report fails the test that ran it.
+		if strings.Contains(p.logs.String(), "WARNING: DATA RACE") {
+			t.Errorf("the proxy reported a data race")
+		}
 		if t.Failed() {
 			t.Logf("proxy logs:\n%s", p.logs.String())
 		}
