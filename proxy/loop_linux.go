@@ -23,17 +23,18 @@ import (
 	"github.com/valkey-lock-proxy/valkey-lock-proxy/proxy/resp"
 )
 
-// The event loop serves the hot path: clients that send ordinary single-slot commands. One
-// goroutine per loop waits in epoll on its clients and on its own pipelined connection to each
-// primary; in one pass it reads what every ready client sent, appends each command to its
-// primary's buffer, reads every reply that came back, and then writes each buffer once. No
-// goroutine hand-off and no futex sits between a request and its reply, and a read never ends
-// in EAGAIN, which is what a goroutine per connection costs here (BENCHMARKS.md).
+// The event loop serves the hot path: single-slot commands, what the proxy answers alone and
+// the lock commands that are one script call (classify says which). One goroutine per loop
+// waits in epoll on its clients and on its own pipelined connections to each primary; in one
+// pass it reads what every ready client sent, appends each command to its primary's buffer,
+// reads every reply that came back, and then writes each buffer once. No goroutine hand-off
+// and no futex sits between a request and its reply, and a read never ends in EAGAIN, which is
+// what a goroutine per connection costs here (BENCHMARKS.md).
 //
 // A client leaves the loop for a goroutine of its own (serve, as before) at the first command
-// the loop does not handle itself: transactions, pub/sub, blocking commands, locks, fan-out,
-// local commands, authentication. Its replies so far are written first, and its parser, with
-// whatever it had buffered, goes with it, so the hand-over is invisible to the client.
+// the loop does not serve: transactions, pub/sub, blocking commands, LOCK WAIT or KEEPALIVE,
+// fan-out, scripts. Its replies so far are written first, and its parser, with whatever it had
+// buffered, goes with it, so the hand-over is invisible to the client.
 
 const (
 	evWake   = 1
@@ -175,8 +176,8 @@ type lclient struct {
 	inflight int
 	epoch    uint64 // of the slot map the in-flight requests were routed with
 
-	// held are parsed commands not yet sent: the slot map changed under requests in flight,
-	// redirects are being followed, or the client is leaving the loop (detach).
+	// held are parsed commands not yet sent, until what is in flight is answered (dispatch
+	// says when), or until the client leaves the loop (detach).
 	held    []resp.Command
 	detach  bool
 	capped  bool
