@@ -196,3 +196,45 @@ func TestStalledUpstream(t *testing.T) {
 		})
 	}
 }
+
+// TestLoopLockWait: a LOCK WAIT that gets the lock at once is answered on the event loop; one
+// that has to wait hands its client over, which waits, answers, and serves what the client
+// pipelined after it, in order.
+func TestLoopLockWait(t *testing.T) {
+	p := startProxy(t, nil)
+	r := "loopwait:" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	a := dialRaw(t, p.Addr)
+	a.send(encode("LOCK", r, "PX", "10000", "WAIT", "5000", "TOKEN", "ta") + encode("SET", "{"+r+"}k", "1") + encode("GET", "{"+r+"}k"))
+	for i, want := range []string{"$2\r\nta\r\n", "+OK\r\n", "$1\r\n1\r\n"} {
+		if got, err := a.reply(); got != want {
+			t.Fatalf("free lock, reply %d = %q, %v; want %q", i, got, err, want)
+		}
+	}
+	if h := proxyInfoField(t, p, "proxy_loop_handovers"); h != "1" {
+		t.Errorf("proxy_loop_handovers = %s after a LOCK WAIT on a free lock; want 1 (the INFO connection)", h)
+	}
+	b := dialRaw(t, p.Addr)
+	b.send(encode("GET", "{"+r+"}k") + encode("LOCK", r, "PX", "10000", "WAIT", "5000", "TOKEN", "tb") + encode("GET", "{"+r+"}k"))
+	if got, err := b.reply(); got != "$1\r\n1\r\n" {
+		t.Fatalf("GET before the waiting LOCK = %q, %v", got, err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	a.send(encode("SET", "{"+r+"}k", "2") + encode("UNLOCK", r, "ta"))
+	for i, want := range []string{"+OK\r\n", ":1\r\n"} {
+		if got, err := a.reply(); got != want {
+			t.Fatalf("holder, reply %d = %q, %v; want %q", i, got, err, want)
+		}
+	}
+	for i, want := range []string{"$2\r\ntb\r\n", "$1\r\n2\r\n"} {
+		if got, err := b.reply(); got != want {
+			t.Fatalf("waiter, reply %d = %q, %v; want %q", i, got, err, want)
+		}
+	}
+	b.send(encode("UNLOCK", r, "tb"))
+	if got, err := b.reply(); got != ":1\r\n" {
+		t.Fatalf("UNLOCK by the waiter = %q, %v", got, err)
+	}
+	if h := proxyInfoField(t, p, "proxy_loop_handovers"); h != "3" {
+		t.Errorf("proxy_loop_handovers = %s; want 3 (the waiter and two INFO connections)", h)
+	}
+}

@@ -513,6 +513,14 @@ func (c *client) appendLockInfo(out []byte, key string, reply []byte) []byte {
 	return redcon.AppendInt(out, int64(c.s.locks.waiters(key)))
 }
 
+// pendingWait is a LOCK WAIT whose first attempt an event loop made: the client's goroutine
+// waits for the lock before anything else.
+type pendingWait struct {
+	ls      lockStep
+	pttl    int64
+	started time.Time
+}
+
 // waitForLock blocks this client (and only it) until the lock is taken, WAIT runs out, the
 // client disconnects or the proxy shuts down. It returns the reply to write, or nil when the
 // connection is gone.

@@ -32,8 +32,8 @@ import (
 // what a goroutine per connection costs here (BENCHMARKS.md).
 //
 // A client leaves the loop for a goroutine of its own (serve, as before) at the first command
-// the loop does not serve: transactions, pub/sub, blocking commands, LOCK WAIT or KEEPALIVE,
-// fan-out, scripts. Its replies so far are written first, and its parser, with whatever it had
+// the loop does not serve: transactions, pub/sub, blocking commands, a LOCK that must wait,
+// KEEPALIVE, fan-out, scripts. Its replies so far are written first, and its parser, with whatever it had
 // buffered, goes with it, so the hand-over is invisible to the client.
 
 const (
@@ -189,7 +189,13 @@ type lclient struct {
 	retryQ       []cluster.Redirected
 	retryReqs    []nodeReq
 	retryRunning bool
-	acking       int // acknowledged LOCKs in flight
+	// barriers counts LOCKs in flight that the client's later commands wait for: an
+	// acknowledged one (it travels on another connection) or one with WAIT (if it must wait,
+	// the client leaves the loop to do so). lockSent is when the latest was sent.
+	barriers int
+	lockSent int64
+	// wait is a LOCK WAIT that did not get the lock: the client's goroutine waits for it.
+	wait *pendingWait
 }
 
 type pendEntry struct {
@@ -549,7 +555,7 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 			return i
 		}
 		e := pool.Epoch()
-		if c.inflight > 0 && (e != c.epoch || e&1 == 1 || c.retryRunning || c.acking > 0) {
+		if c.inflight > 0 && (e != c.epoch || e&1 == 1 || c.retryRunning || c.barriers > 0) {
 			return i
 		}
 		d := l.classify(c, &cmds[i])
@@ -592,7 +598,10 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 		nd.fifo = append(nd.fifo, nodeReq{c: c, seq: seq, slot: d.slot, start: start, end: len(nd.out), lk: d.lk})
 		if acks > 0 {
 			nd.needWait = max(nd.needWait, acks)
-			c.acking++
+		}
+		if isBarrier(d.lk) {
+			c.barriers++
+			c.lockSent = l.now
 		}
 		if d.lk != nil && d.lk.kind == lkLock {
 			// A pipelined UNLOCK without a token means this LOCK's token, even before its
@@ -710,43 +719,68 @@ func (l *loop) classify(lc *lclient, cmd *resp.Command) decision {
 }
 
 // classifyLock plans a lock command with the goroutine path's own code. The loop sends those
-// that run as one script call: LOCK without WAIT or KEEPALIVE (with replica acknowledgement
-// too), UNLOCK, RENEW, LOCKINFO and SAFESET.
+// that run as one script call: LOCK without KEEPALIVE (with replica acknowledgement too, or
+// with WAIT: a LOCK WAIT that does not get the lock at once hands the client over to wait),
+// UNLOCK, RENEW, LOCKINFO and SAFESET.
 func (l *loop) classifyLock(lc *lclient, name string, args [][]byte) decision {
 	c := lc.c
 	c.lk.steps = c.lk.steps[:0]
 	c.ex.Reset()
 	c.scratch = c.scratch[:0]
 	n := len(c.lk.steps)
-	if c.planLockCommand(name, args) {
-		return decision{act: actHandOver} // a LOCK that may wait
-	}
+	c.planLockCommand(name, args)
 	if len(c.lk.steps) == n {
 		return decision{act: actReply, reply: c.local} // LOCKID, or a bad argument
 	}
 	ls := &c.lk.steps[n]
-	call := &c.ex.Calls[ls.call]
-	if ls.req.KeepAlive {
+	if ls.call < 0 || ls.req.KeepAlive {
+		// Queued behind this proxy's waiters, or kept alive: the client's goroutine does it.
 		c.lk.steps = c.lk.steps[:n]
 		return decision{act: actHandOver}
 	}
+	call := &c.ex.Calls[ls.call]
 	lk := new(lockStep)
 	*lk = *ls
 	return decision{act: actSend, slot: ls.slot, req: call.Req, lk: lk}
 }
 
-// reply turns an upstream reply into the client's.
-func (l *loop) reply(c *lclient, lk *lockStep, r []byte) []byte {
-	return l.replyAcked(c, lk, r, 0)
+// answer delivers the upstream reply to req to its client; a lock command's reply is turned
+// into the client's first.
+func (l *loop) answer(req nodeReq, r []byte) { l.answerAcked(req, r, 0) }
+
+// answerAcked is answer for a LOCK that acked replicas acknowledged.
+func (l *loop) answerAcked(req nodeReq, r []byte, acked int) {
+	c := req.c
+	l.acked(req)
+	if req.lk == nil {
+		l.complete(c, req.seq, r)
+		return
+	}
+	lockAnswered(c, req.lk)
+	var waits bool
+	var pttl int64
+	l.lockOut, waits, pttl = c.c.appendLockReply(l.lockOut[:0], req.lk, r, acked)
+	if waits {
+		l.beginWait(c, req, pttl)
+		return
+	}
+	l.complete(c, req.seq, l.lockOut)
 }
 
-func (l *loop) replyAcked(c *lclient, lk *lockStep, r []byte, acked int) []byte {
-	if lk == nil {
-		return r
+// beginWait hands a LOCK WAIT that did not get the lock to the client's goroutine, which waits
+// for it and writes its reply. It was the client's last command sent (the later ones are held),
+// so its place in the reply order is simply dropped.
+func (l *loop) beginWait(c *lclient, req nodeReq, pttl int64) {
+	c.inflight--
+	c.pend = c.pend[:req.seq-c.base]
+	c.nextSeq = req.seq
+	if c.phead == len(c.pend) {
+		c.base = c.nextSeq
+		c.pend, c.phead, c.park = c.pend[:0], 0, c.park[:0]
 	}
-	lockAnswered(c, lk)
-	l.lockOut, _, _ = c.c.appendLockReply(l.lockOut[:0], lk, r, acked)
-	return l.lockOut
+	c.wait = &pendingWait{ls: *req.lk, pttl: pttl, started: time.Unix(0, c.lockSent)}
+	c.detach = true
+	l.settle(c)
 }
 
 // lockAnswered forgets the token of a LOCK in flight once it is answered.
@@ -939,6 +973,7 @@ func (l *loop) handOver(c *lclient) {
 	rest := c.held
 	c.held = nil
 	c.closed = true
+	c.c.pendingWait = c.wait
 	c.c.lk.sent = nil // nothing is in flight any more
 	l.unwatch(c.fd)
 	l.s.loopClients.Add(-1)
@@ -1147,8 +1182,7 @@ func (l *loop) readNode(nd *lnode) {
 			l.redirect(req, nd, reply)
 			continue
 		}
-		l.acked(req)
-		l.complete(req.c, req.seq, l.reply(req.c, req.lk, reply))
+		l.answer(req, reply)
 		if req.c.inflight == 0 {
 			l.settle(req.c)
 		}
@@ -1236,7 +1270,7 @@ func (l *loop) startRetries(c *lclient) {
 				case r.Acks > 0:
 					l.finishAcked(reqs[i], r.Reply, r.Acked)
 				default:
-					l.complete(c, reqs[i].seq, l.reply(c, reqs[i].lk, r.Reply))
+					l.answer(reqs[i], r.Reply)
 				}
 			}
 			l.startRetries(c)
@@ -1265,10 +1299,15 @@ func (l *loop) settleWait(nd *lnode, reply []byte) {
 	}
 }
 
-// acked notes that an acknowledged LOCK of its client is settled.
+// isBarrier reports whether later commands of the client wait for this lock command.
+func isBarrier(lk *lockStep) bool {
+	return lk != nil && lk.kind == lkLock && (lk.acks > 0 || lk.req.Wait > 0)
+}
+
+// acked notes that a LOCK its client's later commands wait for is settled.
 func (l *loop) acked(req nodeReq) {
-	if req.lk != nil && req.lk.kind == lkLock && req.lk.acks > 0 {
-		req.c.acking--
+	if isBarrier(req.lk) {
+		req.c.barriers--
 	}
 }
 
@@ -1285,8 +1324,7 @@ func (l *loop) finishAcked(req nodeReq, reply []byte, acked int) {
 		return
 	}
 	if !short {
-		l.acked(req)
-		l.complete(c, req.seq, l.replyAcked(c, req.lk, reply, acked))
+		l.answerAcked(req, reply, acked)
 		l.settle(c)
 		return
 	}
