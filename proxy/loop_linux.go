@@ -193,7 +193,7 @@ type lclient struct {
 	// acknowledged one (it travels on another connection) or one with WAIT (if it must wait,
 	// the client leaves the loop to do so). lockSent is when the latest was sent.
 	barriers int
-	lockSent int64
+	lockSent time.Time
 	// wait is a LOCK WAIT that did not get the lock: the client's goroutine waits for it.
 	wait *pendingWait
 }
@@ -601,7 +601,7 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 		}
 		if isBarrier(d.lk) {
 			c.barriers++
-			c.lockSent = l.now
+			c.lockSent = time.Now() // WAIT counts from here (monotonic)
 		}
 		if d.lk != nil && d.lk.kind == lkLock {
 			// A pipelined UNLOCK without a token means this LOCK's token, even before its
@@ -771,6 +771,12 @@ func (l *loop) answerAcked(req nodeReq, r []byte, acked int) {
 // for it and writes its reply. It was the client's last command sent (the later ones are held),
 // so its place in the reply order is simply dropped.
 func (l *loop) beginWait(c *lclient, req nodeReq, pttl int64) {
+	if c.gone || c.readEnd != nil {
+		// The client has gone (or sent EOF): nobody to wait for, and a lock taken for it
+		// would be held by no one.
+		l.complete(c, req.seq, redcon.AppendNull(nil))
+		return
+	}
 	c.inflight--
 	c.pend = c.pend[:req.seq-c.base]
 	c.nextSeq = req.seq
@@ -778,7 +784,9 @@ func (l *loop) beginWait(c *lclient, req nodeReq, pttl int64) {
 		c.base = c.nextSeq
 		c.pend, c.phead, c.park = c.pend[:0], 0, c.park[:0]
 	}
-	c.wait = &pendingWait{ls: *req.lk, pttl: pttl, started: time.Unix(0, c.lockSent)}
+	ls := *req.lk
+	ls.req.Resource, ls.req.Token = nil, nil // they point into the parser's buffer
+	c.wait = &pendingWait{ls: ls, pttl: pttl, started: c.lockSent}
 	c.detach = true
 	l.settle(c)
 }
