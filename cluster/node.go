@@ -247,8 +247,31 @@ func (n *Node) flushLocked() {
 	failAll(failed, lost)
 }
 
-func (n *Node) lostErr(err error) error {
-	return fmt.Errorf("%w: connection to %s lost (%v); the command may have been executed", ErrUpstream, n.Addr, err)
+func (n *Node) lostErr(err error) error { return lostErr(n.Addr, err) }
+
+func lostErr(addr string, err error) error {
+	return fmt.Errorf("%w: connection to %s lost (%v); the command may have been executed", ErrUpstream, addr, err)
+}
+
+// connLost counts and logs a lost connection and has the topology re-read.
+func (p *Pool) connLost(addr string, failed int) {
+	p.requestRefresh()
+	if !p.stopped.Load() {
+		p.stats.connLost.Add(1)
+		p.log.Warn("upstream connection lost", zap.String("node", addr), zap.Int("requests_failed", failed))
+	}
+}
+
+// dialFailed counts a failed dial to n, logs it at most once a second (while a node is down
+// every request tries it), has the topology re-read, and returns the error requests get.
+func (p *Pool) dialFailed(n *Node, err error) error {
+	p.requestRefresh()
+	p.stats.dialFailed.Add(1)
+	if now := p.now(); now-n.lastDialLog.Load() > int64(time.Second) {
+		n.lastDialLog.Store(now)
+		p.log.Warn("cannot connect to upstream node", zap.String("node", n.Addr), zap.Error(err))
+	}
+	return fmt.Errorf("%w: cannot connect to %s: %v", ErrUpstream, n.Addr, err)
 }
 
 // detachLocked closes conn if it is still the node's connection and returns the requests that
@@ -265,11 +288,7 @@ func (n *Node) detachLocked(conn net.Conn) []*op {
 	clear(n.queue)
 	n.queue, n.head = n.queue[:0], 0
 	n.outstanding.Add(-int64(len(failed)))
-	n.pool.requestRefresh()
-	if !n.pool.stopped.Load() {
-		n.pool.stats.connLost.Add(1)
-		n.pool.log.Warn("upstream connection lost", zap.String("node", n.Addr), zap.Int("requests_failed", len(failed)))
-	}
+	n.pool.connLost(n.Addr, len(failed))
 	return failed
 }
 
@@ -283,14 +302,7 @@ func failAll(ops []*op, err error) {
 func (n *Node) dialLocked() error {
 	conn, err := n.pool.dialNode(n)
 	if err != nil {
-		n.pool.requestRefresh()
-		n.pool.stats.dialFailed.Add(1)
-		// While a node is down every request tries it: log once a second at most.
-		if now := n.pool.now(); now-n.lastDialLog.Load() > int64(time.Second) {
-			n.lastDialLog.Store(now)
-			n.pool.log.Warn("cannot connect to upstream node", zap.String("node", n.Addr), zap.Error(err))
-		}
-		return fmt.Errorf("%w: cannot connect to %s: %v", ErrUpstream, n.Addr, err)
+		return n.pool.dialFailed(n, err)
 	}
 	n.conn = conn
 	n.pool.readers.Add(1)

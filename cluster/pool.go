@@ -67,17 +67,16 @@ type Pool struct {
 	acks  map[*Node][]*Node
 	pins  map[*Node]*pinnedPool
 
-	clock       atomic.Int64
-	epoch       atomic.Uint64 // see storeSlots
-	slotsMu     sync.Mutex
-	lastDialLog atomic.Int64 // of DialRaw
-	stopped     atomic.Bool
-	stats       struct{ connLost, dialFailed, redirects atomic.Int64 }
-	refreshCh   chan struct{}
-	stop        chan struct{}
-	wg          sync.WaitGroup
-	readers     sync.WaitGroup
-	closeOnce   sync.Once
+	clock     atomic.Int64
+	epoch     atomic.Uint64 // see storeSlots
+	slotsMu   sync.Mutex
+	stopped   atomic.Bool
+	stats     struct{ connLost, dialFailed, redirects atomic.Int64 }
+	refreshCh chan struct{}
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	readers   sync.WaitGroup
+	closeOnce sync.Once
 }
 
 // ErrNoSlot is returned for a slot no primary serves.

@@ -1,11 +1,8 @@
 package cluster
 
 import (
-	"fmt"
 	"net"
 	"time"
-
-	"go.uber.org/zap"
 )
 
 // This file is what an event-loop front end needs to run its own pipelined upstream
@@ -21,13 +18,7 @@ func (p *Pool) RawCapable() bool {
 func (p *Pool) DialRaw(addr string) (net.Conn, error) {
 	conn, err := p.dial(addr)
 	if err != nil {
-		p.requestRefresh()
-		p.stats.dialFailed.Add(1)
-		if now := p.now(); now-p.lastDialLog.Load() > int64(time.Second) {
-			p.lastDialLog.Store(now)
-			p.log.Warn("cannot connect to upstream node", zap.String("node", addr), zap.Error(err))
-		}
-		return nil, fmt.Errorf("%w: cannot connect to %s: %v", ErrUpstream, addr, err)
+		return nil, p.dialFailed(p.node(addr), err)
 	}
 	return conn, nil
 }
@@ -35,12 +26,8 @@ func (p *Pool) DialRaw(addr string) (net.Conn, error) {
 // ConnLost records that a connection opened by DialRaw failed with requests outstanding and
 // returns the error those requests get.
 func (p *Pool) ConnLost(addr string, failed int, cause error) error {
-	p.requestRefresh()
-	if !p.stopped.Load() {
-		p.stats.connLost.Add(1)
-		p.log.Warn("upstream connection lost", zap.String("node", addr), zap.Int("requests_failed", failed))
-	}
-	return fmt.Errorf("%w: connection to %s lost (%v); the command may have been executed", ErrUpstream, addr, cause)
+	p.connLost(addr, failed)
+	return lostErr(addr, cause)
 }
 
 // WaitTimeout is the timeout of the WAIT after acknowledged writes.

@@ -137,10 +137,10 @@ type loop struct {
 
 	exiting bool
 
-	clients  []*lclient // by fd
-	nodeFds  []*lnode   // by fd
-	nodes    map[string]*lnode
-	ackNodes map[string]*lnode
+	clients  []*lclient               // by fd
+	nodeFds  []*lnode                 // by fd
+	nodes    map[*cluster.Node]*lnode // by the Pool's node of the same address
+	ackNodes map[*cluster.Node]*lnode
 	dirtyC   []*lclient
 	dirtyN   []*lnode
 	spareC   []*lclient
@@ -282,7 +282,7 @@ func newLoop(s *Server) (*loop, error) {
 		return nil, err
 	}
 	l := &loop{s: s, epfd: epfd, wakefd: wakefd, events: make([]unix.EpollEvent, 256),
-		nodes: map[string]*lnode{}, ackNodes: map[string]*lnode{}}
+		nodes: map[*cluster.Node]*lnode{}, ackNodes: map[*cluster.Node]*lnode{}}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd), Pad: evWake}); err != nil {
 		l.destroy()
 		return nil, err
@@ -365,7 +365,7 @@ func (l *loop) exit() {
 			l.closeClient(c)
 		}
 	}
-	for _, m := range [2]map[string]*lnode{l.nodes, l.ackNodes} {
+	for _, m := range [2]map[*cluster.Node]*lnode{l.nodes, l.ackNodes} {
 		for _, nd := range m {
 			if !nd.dead && !nd.connecting {
 				nd.dead = true
@@ -422,7 +422,7 @@ func (l *loop) node(fd int) *lnode {
 }
 
 func (l *loop) busyNodes() bool {
-	for _, m := range [2]map[string]*lnode{l.nodes, l.ackNodes} {
+	for _, m := range [2]map[*cluster.Node]*lnode{l.nodes, l.ackNodes} {
 		for _, nd := range m {
 			if nd.head < len(nd.fifo) {
 				return true
@@ -574,12 +574,15 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 		errText := ""
 		if d.act == actSend {
 			nd, errText = l.route(d.slot, acks > 0)
-			if c.inflight > 0 && pool.Epoch() != e {
-				return i // the map moved while this command was routed
+			if e2 := pool.Epoch(); e2 != e {
+				if c.inflight > 0 {
+					return i // the map moved while this command was routed
+				}
+				e = e2
 			}
 		}
 		if c.inflight == 0 {
-			c.epoch = pool.Epoch()
+			c.epoch = e
 		}
 		seq := c.nextSeq
 		c.nextSeq++
@@ -1031,7 +1034,7 @@ func (l *loop) route(slot uint16, ack bool) (*lnode, string) {
 		// slow replica holds up nothing else.
 		nodes = l.ackNodes
 	}
-	nd := nodes[n.Addr]
+	nd := nodes[n]
 	if nd != nil && !nd.dead {
 		return nd, ""
 	}
@@ -1039,7 +1042,7 @@ func (l *loop) route(slot uint16, ack bool) (*lnode, string) {
 		return nil, errUpstream(nd.dialErr)
 	}
 	nd = &lnode{addr: n.Addr, fd: -1, connecting: true}
-	nodes[n.Addr] = nd
+	nodes[n] = nd
 	pool, addr := l.s.pool, n.Addr
 	go func() {
 		fd := -1
@@ -1388,7 +1391,7 @@ func (l *loop) failRequests(nd *lnode, reply []byte) {
 // checkStalled fails connections on which requests waited longer than the upstream timeout
 // without a byte of reply.
 func (l *loop) checkStalled(timeout int64) {
-	for _, m := range [2]map[string]*lnode{l.nodes, l.ackNodes} {
+	for _, m := range [2]map[*cluster.Node]*lnode{l.nodes, l.ackNodes} {
 		for _, nd := range m {
 			if !nd.dead && !nd.connecting && nd.head < len(nd.fifo) && l.now-nd.lastProgress > timeout {
 				l.failNode(nd, errors.New("no reply within upstream.timeout"))
