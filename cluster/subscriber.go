@@ -89,6 +89,42 @@ func (s *Subscriber) Unsubscribe(channel string) {
 	}
 }
 
+// TryRef takes a reference on a subscription to channel that is already confirmed, without
+// waiting: false when there is none yet or the subscriber is busy (Subscribe, which may dial,
+// is then the way). An event loop uses it to stay off the subscriber's lock.
+func (s *Subscriber) TryRef(channel string) bool {
+	if !s.mu.TryLock() {
+		return false
+	}
+	defer s.mu.Unlock()
+	sub := s.channels[channel]
+	if sub == nil || sub.on == nil {
+		return false
+	}
+	select {
+	case <-sub.ready:
+	default:
+		return false
+	}
+	sub.refs++
+	return true
+}
+
+// TryUnref drops a reference to channel that is not the last one, without waiting: false
+// when it is the last or the subscriber is busy (Unsubscribe is then the way).
+func (s *Subscriber) TryUnref(channel string) bool {
+	if !s.mu.TryLock() {
+		return false
+	}
+	defer s.mu.Unlock()
+	sub := s.channels[channel]
+	if sub == nil || sub.refs <= 1 {
+		return false
+	}
+	sub.refs--
+	return true
+}
+
 // bindLocked subscribes channel on the connection to its slot's primary.
 func (s *Subscriber) bindLocked(channel string, sub *subscription) {
 	n := s.pool.slots[sub.slot].Load()

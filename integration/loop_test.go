@@ -3,6 +3,7 @@ package integration
 import (
 	"fmt"
 	"math/rand"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -197,9 +198,10 @@ func TestStalledUpstream(t *testing.T) {
 	}
 }
 
-// TestLoopLockWait: a LOCK WAIT that gets the lock at once is answered on the event loop; one
-// that has to wait hands its client over, which waits, answers, and serves what the client
-// pipelined after it, in order.
+// TestLoopLockWait: LOCK WAIT is served on the event loop whether it gets the lock at once or
+// has to wait: the waiter answers, then serves what the client pipelined after it, in order;
+// waiters queue FIFO; a waiter that leaves never ends up holding the lock; WAIT runs out with
+// nil. No client leaves the loop.
 func TestLoopLockWait(t *testing.T) {
 	p := startProxy(t, nil)
 	r := "loopwait:" + strconv.FormatInt(time.Now().UnixNano(), 36)
@@ -234,7 +236,137 @@ func TestLoopLockWait(t *testing.T) {
 	if got, err := b.reply(); got != ":1\r\n" {
 		t.Fatalf("UNLOCK by the waiter = %q, %v", got, err)
 	}
-	if h := proxyInfoField(t, p, "proxy_loop_handovers"); h != "3" {
-		t.Errorf("proxy_loop_handovers = %s; want 3 (the waiter and two INFO connections)", h)
+
+	// FIFO: b holds; c queues first, then d. Each release goes to the next in line.
+	b.send(encode("LOCK", r, "PX", "10000", "TOKEN", "tb"))
+	if got, err := b.reply(); got != "$2\r\ntb\r\n" {
+		t.Fatalf("LOCK by b = %q, %v", got, err)
+	}
+	c := dialRaw(t, p.Addr)
+	c.send(encode("LOCK", r, "PX", "10000", "WAIT", "5000", "TOKEN", "tc"))
+	time.Sleep(50 * time.Millisecond)
+	d := dialRaw(t, p.Addr)
+	d.send(encode("LOCK", r, "PX", "10000", "WAIT", "5000", "TOKEN", "td") + encode("PING"))
+	time.Sleep(50 * time.Millisecond)
+	// gone queues too, and leaves while it waits.
+	gone := dialRaw(t, p.Addr)
+	gone.send(encode("LOCK", r, "PX", "10000", "WAIT", "5000", "TOKEN", "tgone"))
+	time.Sleep(50 * time.Millisecond)
+	if got := lockInfoWaiters(t, b, r); got != 3 {
+		t.Fatalf("LOCKINFO waiters = %d, want 3", got)
+	}
+	_ = gone.c.Close()
+	b.send(encode("UNLOCK", r, "tb"))
+	if got, err := b.reply(); got != ":1\r\n" {
+		t.Fatalf("UNLOCK by b = %q, %v", got, err)
+	}
+	if got, err := c.reply(); got != "$2\r\ntc\r\n" {
+		t.Fatalf("first in line = %q, %v; want tc", got, err)
+	}
+	c.send(encode("UNLOCK", r, "tc"))
+	if got, err := c.reply(); got != ":1\r\n" {
+		t.Fatalf("UNLOCK by c = %q, %v", got, err)
+	}
+	for i, want := range []string{"$2\r\ntd\r\n", "+PONG\r\n"} {
+		if got, err := d.reply(); got != want {
+			t.Fatalf("second in line, reply %d = %q, %v; want %q", i, got, err, want)
+		}
+	}
+	d.send(encode("UNLOCK", r, "td"))
+	if got, err := d.reply(); got != ":1\r\n" {
+		t.Fatalf("UNLOCK by d = %q, %v", got, err)
+	}
+	// The client that left is no longer queued and never got the lock.
+	b.send(encode("LOCKINFO", r))
+	if got, err := b.reply(); got != "$-1\r\n" && got != "_\r\n" {
+		t.Fatalf("LOCKINFO after every release = %q, %v; want nil (free)", got, err)
+	}
+
+	// WAIT runs out: nil, then the pipelined command.
+	b.send(encode("LOCK", r, "PX", "10000", "TOKEN", "tb2"))
+	if got, err := b.reply(); got != "$3\r\ntb2\r\n" {
+		t.Fatalf("LOCK by b = %q, %v", got, err)
+	}
+	start := time.Now()
+	c.send(encode("LOCK", r, "WAIT", "200") + encode("PING"))
+	for i, want := range []string{"$-1\r\n", "+PONG\r\n"} {
+		if got, err := c.reply(); got != want {
+			t.Fatalf("WAIT 200 on a held lock, reply %d = %q, %v; want %q", i, got, err, want)
+		}
+	}
+	if el := time.Since(start); el < 200*time.Millisecond {
+		t.Fatalf("WAIT 200 answered after %v", el)
+	}
+	if h := proxyInfoField(t, p, "proxy_loop_handovers"); h != "2" {
+		t.Errorf("proxy_loop_handovers = %s; want 2 (the two INFO connections)", h)
+	}
+}
+
+// lockInfoWaiters reads the waiters field of LOCKINFO r.
+func lockInfoWaiters(t *testing.T, rc *rawConn, r string) int {
+	t.Helper()
+	rc.send(encode("LOCKINFO", r))
+	got, err := rc.reply()
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := strings.LastIndex(got, ":")
+	n, err := strconv.Atoi(strings.TrimSpace(got[i+1:]))
+	if i < 0 || err != nil {
+		t.Fatalf("LOCKINFO = %q", got)
+	}
+	return n
+}
+
+// TestLoopWaiterLeaves: a client that leaves while its LOCK WAIT waits on the loop never ends up
+// holding the lock, and what it pipelined behind the LOCK is not run. Both a close and a
+// half-close, with and without replica acknowledgement (the attempts travel on different
+// upstream connections).
+func TestLoopWaiterLeaves(t *testing.T) {
+	for _, replicas := range []string{"0", "auto"} {
+		t.Run("replicas-"+replicas, func(t *testing.T) {
+			p := startProxy(t, nil, "--config", writeConfig(t, "locks:\n  replicas: "+replicas+"\n"))
+			for _, half := range []bool{false, true} {
+				r := fmt.Sprintf("leaves:%s:%v:%d", replicas, half, time.Now().UnixNano())
+				k := "{" + r + "}after"
+				holder := dialRaw(t, p.Addr)
+				holder.send(encode("LOCK", r, "PX", "10000", "TOKEN", "th"))
+				if got, err := holder.reply(); got != "$2\r\nth\r\n" {
+					t.Fatalf("LOCK by the holder = %q, %v", got, err)
+				}
+				// Not queued behind anyone: its first attempt fails, then it waits.
+				w := dialRaw(t, p.Addr)
+				w.send(encode("LOCK", r, "PX", "10000", "WAIT", "5000", "TOKEN", "tw") + encode("INCR", k))
+				time.Sleep(100 * time.Millisecond)
+				if n := lockInfoWaiters(t, holder, r); n != 1 {
+					t.Fatalf("waiters = %d, want 1", n)
+				}
+				if half {
+					_ = w.c.(*net.TCPConn).CloseWrite()
+				} else {
+					_ = w.c.Close()
+				}
+				time.Sleep(100 * time.Millisecond)
+				holder.send(encode("UNLOCK", r, "th"))
+				if got, err := holder.reply(); got != ":1\r\n" {
+					t.Fatalf("UNLOCK by the holder = %q, %v", got, err)
+				}
+				time.Sleep(100 * time.Millisecond)
+				holder.send(encode("LOCKINFO", r) + encode("GET", k))
+				if got, err := holder.reply(); got != "$-1\r\n" {
+					t.Fatalf("half-close %v: LOCKINFO after the release = %q, %v; want nil: the client that left holds it", half, got, err)
+				}
+				if got, err := holder.reply(); got != "$-1\r\n" {
+					t.Fatalf("half-close %v: GET of the key the leaver pipelined = %q, %v; want nil (not run)", half, got, err)
+				}
+				if half {
+					// The half-closed client gets no reply, and its connection is closed.
+					_ = w.c.SetReadDeadline(time.Now().Add(2 * time.Second))
+					if got, err := w.reply(); err == nil {
+						t.Fatalf("half-closed waiter got %q", got)
+					}
+				}
+			}
+		})
 	}
 }

@@ -88,10 +88,9 @@ type client struct {
 	tx       txState
 	sync     syncStep
 
-	hasEvalSHA  bool
-	ps          *pubsubState
-	authed      bool
-	pendingWait *pendingWait // set by an event loop handing the client over
+	hasEvalSHA bool
+	ps         *pubsubState
+	authed     bool
 
 	mu          sync.Mutex
 	name        string
@@ -133,17 +132,6 @@ func (c *client) serveFrom(cmds []resp.Command, err error) {
 		c.endPubSub()
 		c.releaseKeepalives()
 	}()
-	if pw := c.pendingWait; pw != nil {
-		c.pendingWait = nil
-		reply := c.waitForLock(&pw.ls, pw.pttl, pw.started)
-		if reply == nil {
-			return
-		}
-		c.out = append(c.out[:0], reply...)
-		if !c.flush() {
-			return
-		}
-	}
 	for !c.quitting {
 		if cmds == nil && err == nil {
 			cmds, err = c.rd.ReadBatch()

@@ -63,6 +63,12 @@ type waitQueue struct {
 
 type waiter struct {
 	wake chan struct{}
+	// onWake, when set, is how a waiter on an event loop is woken instead of wake: attempt
+	// says whether to try the lock now, or only to take up being the head (the waiter before
+	// it took the lock, so there is nothing to try for yet).
+	onWake func(attempt bool)
+	// owner is the loop's state of the wait (an event loop's waiter), else nil.
+	owner any
 }
 
 func newLockManager(opts LockOptions, pool *cluster.Pool, log *zap.Logger) *lockManager {
@@ -78,18 +84,10 @@ func (m *lockManager) close() { m.sub.Close() }
 // published after enqueue returns cannot be missed.
 func (m *lockManager) enqueue(key string, slot uint16) *waiter {
 	w := &waiter{wake: make(chan struct{}, 1)}
-	m.mu.Lock()
-	q := m.queues[key]
-	if q == nil {
-		q = &waitQueue{}
-		m.queues[key] = q
-	}
-	q.waiters = append(q.waiters, w)
-	m.mu.Unlock()
+	m.push(key, w)
 	// Every waiter holds a reference to the release channel's subscription (dequeue drops
 	// it). Subscribing may dial: never while holding the queues' lock, which releases need.
 	ready := m.sub.Subscribe(key, slot)
-	m.waiting.Add(1)
 	select {
 	case <-ready:
 	case <-time.After(200 * time.Millisecond):
@@ -98,15 +96,37 @@ func (m *lockManager) enqueue(key string, slot uint16) *waiter {
 	return w
 }
 
-// dequeue removes w; when w was the head, the next waiter becomes head and is woken to try.
+// push puts w at the tail of key's queue. The caller takes care of the subscription.
+func (m *lockManager) push(key string, w *waiter) {
+	m.mu.Lock()
+	q := m.queues[key]
+	if q == nil {
+		q = &waitQueue{}
+		m.queues[key] = q
+	}
+	q.waiters = append(q.waiters, w)
+	m.mu.Unlock()
+	m.waiting.Add(1)
+}
+
+// dequeue removes w and drops its reference to the release channel.
 func (m *lockManager) dequeue(key string, w *waiter) {
-	defer m.sub.Unsubscribe(key)
+	if next := m.remove(key, w); next != nil {
+		wake(next, true)
+	}
+	m.sub.Unsubscribe(key)
+}
+
+// remove takes w out of key's queue. When w was the head, it returns the next waiter, now the
+// head, for the caller to wake: to try, unless w took the lock (then the next release wakes
+// it).
+func (m *lockManager) remove(key string, w *waiter) (next *waiter) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.waiting.Add(-1)
 	q := m.queues[key]
 	if q == nil {
-		return
+		return nil
 	}
 	for i, x := range q.waiters {
 		if x != w {
@@ -114,13 +134,24 @@ func (m *lockManager) dequeue(key string, w *waiter) {
 		}
 		q.waiters = append(q.waiters[:i], q.waiters[i+1:]...)
 		if i == 0 && len(q.waiters) > 0 {
-			notify(q.waiters[0])
+			next = q.waiters[0]
 		}
 		break
 	}
 	if len(q.waiters) == 0 {
 		delete(m.queues, key)
 	}
+	return next
+}
+
+// head returns the first waiter for key, or nil.
+func (m *lockManager) head(key string) *waiter {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if q := m.queues[key]; q != nil && len(q.waiters) > 0 {
+		return q.waiters[0]
+	}
+	return nil
 }
 
 func (m *lockManager) isHead(key string, w *waiter) bool {
@@ -134,7 +165,7 @@ func (m *lockManager) isHead(key string, w *waiter) bool {
 func (m *lockManager) wakeHead(key string) {
 	m.mu.Lock()
 	if q := m.queues[key]; q != nil && len(q.waiters) > 0 {
-		notify(q.waiters[0])
+		wake(q.waiters[0], true)
 	}
 	m.mu.Unlock()
 }
@@ -148,7 +179,13 @@ func (m *lockManager) waiters(key string) int {
 	return 0
 }
 
-func notify(w *waiter) {
+// wake tells w about news for its lock (attempt: it may be free). It never blocks (wakeHead
+// calls it under the queues' lock).
+func wake(w *waiter, attempt bool) {
+	if w.onWake != nil {
+		w.onWake(attempt)
+		return
+	}
 	select {
 	case w.wake <- struct{}{}:
 	default:
@@ -226,6 +263,8 @@ type lockStep struct {
 	token  string
 	req    commands.LockRequest
 	acks   int
+	// handed: an UNLOCK that carries the head waiter's attempt right behind it (event loop).
+	handed bool
 }
 
 // planLockCommand parses a lock command and plans its script call. It reports whether the
@@ -428,7 +467,7 @@ func (c *client) appendLockReply(out []byte, ls *lockStep, reply []byte, acked i
 		}
 	case lkUnlock:
 		if n, _ := cluster.IntValue(reply); n == 1 {
-			c.released(ls.key, ls.token)
+			c.released(ls.key, ls.token, ls.handed)
 		}
 		out = append(out, reply...)
 	case lkInfo:
@@ -477,11 +516,14 @@ func (c *client) noReplicas(out []byte, ls *lockStep) []byte {
 	return redcon.AppendError(out, "NOREPLICAS Not enough replicas acknowledged the lock")
 }
 
-// released does the bookkeeping of a successful UNLOCK and wakes this proxy's next waiter.
-func (c *client) released(key, token string) {
+// released does the bookkeeping of a successful UNLOCK and wakes this proxy's next waiter
+// (handed: an event loop sent that waiter's attempt right behind the UNLOCK).
+func (c *client) released(key, token string, handed bool) {
 	c.s.locks.released.Add(1)
 	c.stopKeepalive(key, token)
-	c.s.locks.wakeHead(key)
+	if !handed {
+		c.s.locks.wakeHead(key)
+	}
 }
 
 // unlockNow releases a lock outside the pipeline (NOREPLICAS, a waiter that disconnected).
@@ -511,14 +553,6 @@ func (c *client) appendLockInfo(out []byte, key string, reply []byte) []byte {
 	out = redcon.AppendInt(out, ttl)
 	out = redcon.AppendBulkString(out, "waiters")
 	return redcon.AppendInt(out, int64(c.s.locks.waiters(key)))
-}
-
-// pendingWait is a LOCK WAIT whose first attempt an event loop made: the client's goroutine
-// waits for the lock before anything else.
-type pendingWait struct {
-	ls      lockStep
-	pttl    int64
-	started time.Time
 }
 
 // waitForLock blocks this client (and only it) until the lock is taken, WAIT runs out, the

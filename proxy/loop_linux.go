@@ -149,6 +149,7 @@ type loop struct {
 	closing  bool
 	keys     []int
 	lockOut  []byte
+	timers   timerHeap // of the clients waiting for a lock
 	now      int64
 	wakeBuf  [8]byte
 }
@@ -191,11 +192,11 @@ type lclient struct {
 	retryRunning bool
 	// barriers counts LOCKs in flight that the client's later commands wait for: an
 	// acknowledged one (it travels on another connection) or one with WAIT (if it must wait,
-	// the client leaves the loop to do so). lockSent is when the latest was sent.
+	// it does so on the loop). lockSent is when the latest was sent.
 	barriers int
 	lockSent time.Time
-	// wait is a LOCK WAIT that did not get the lock: the client's goroutine waits for it.
-	wait *pendingWait
+	// lwait is the LOCK WAIT the client waits for, on the loop; its later commands are held.
+	lwait *loopWait
 }
 
 type pendEntry struct {
@@ -264,6 +265,7 @@ type nodeReq struct {
 	slot       uint16
 	start, end int
 	lk         *lockStep
+	attempt    bool // an attempt of the client's wait for a lock (lwait)
 }
 
 type heldReply struct {
@@ -331,8 +333,8 @@ func (l *loop) run() {
 	timeout := int(l.s.pool.Timeout() / time.Millisecond)
 	tick := min(max(timeout/4, 10), 100)
 	for {
-		wait := -1
-		if l.busyNodes() {
+		wait := l.timerWait()
+		if l.busyNodes() && (wait < 0 || wait > tick) {
 			wait = tick
 		}
 		n, err := unix.EpollWait(l.epfd, l.events, wait)
@@ -342,6 +344,7 @@ func (l *loop) run() {
 		}
 		l.now = time.Now().UnixNano()
 		l.handle(n)
+		l.runTimers()
 		if timeout > 0 && l.now-l.checked > int64(tick)*int64(time.Millisecond) {
 			l.checked = l.now
 			l.checkStalled(int64(timeout) * int64(time.Millisecond))
@@ -392,6 +395,12 @@ func (l *loop) handle(n int) {
 				}
 				if ev.Events&(unix.EPOLLHUP|unix.EPOLLERR) != 0 && !c.closed {
 					l.peerGone(c)
+				} else if ev.Events&unix.EPOLLRDHUP != 0 && c.lwait != nil && !c.closed {
+					// A waiting client that left: it must not end up holding the lock.
+					if c.readEnd == nil {
+						c.readEnd = io.EOF
+					}
+					l.settle(c)
 				}
 			}
 		case evNode:
@@ -493,6 +502,9 @@ func (l *loop) wantEvents(c *lclient) uint32 {
 	if c.readEnd == nil && c.held == nil && !c.detach && !c.capped && !l.closing {
 		ev |= unix.EPOLLIN
 	}
+	if c.lwait != nil {
+		ev |= unix.EPOLLRDHUP // a waiter that leaves is noticed even while it is not read
+	}
 	return ev
 }
 
@@ -555,7 +567,7 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 			return i
 		}
 		e := pool.Epoch()
-		if c.inflight > 0 && (e != c.epoch || e&1 == 1 || c.retryRunning || c.barriers > 0) {
+		if c.inflight > 0 && (e != c.epoch || e&1 == 1 || c.retryRunning || c.barriers > 0 || c.lwait != nil) {
 			return i
 		}
 		d := l.classify(c, &cmds[i])
@@ -592,12 +604,26 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 		case d.act == actReply:
 			l.complete(c, seq, d.reply)
 			continue
+		case d.act == actWait:
+			c.lockSent = time.Now() // WAIT counts from here (monotonic)
+			l.startWait(c, seq, d.lk, 0)
+			continue
 		case nd == nil:
 			l.complete(c, seq, appendErr(nil, errText))
 			continue
 		}
 		start := len(nd.out)
-		nd.out = append(nd.out, d.req...)
+		var next *loopWait
+		if d.lk != nil && d.lk.kind == lkUnlock {
+			next = l.handTo(d.lk)
+		}
+		if next != nil {
+			// The next waiter's attempt follows: the UNLOCK does not announce the release.
+			d.lk.handed = true
+			nd.out = appendScript(nd.out, commands.ScriptUnlock, d.lk.keys, [][]byte{d.lk.args[0], handedArg})
+		} else {
+			nd.out = append(nd.out, d.req...)
+		}
 		nd.fifo = append(nd.fifo, nodeReq{c: c, seq: seq, slot: d.slot, start: start, end: len(nd.out), lk: d.lk})
 		if acks > 0 {
 			nd.needWait = max(nd.needWait, acks)
@@ -614,15 +640,25 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 			}
 			c.c.lk.sent[d.lk.key] = d.lk.token
 		}
-		if nd.head == len(nd.fifo)-1 {
-			nd.lastProgress = l.now
-		}
-		if !nd.dirty {
-			nd.dirty = true
-			l.dirtyN = append(l.dirtyN, nd)
+		l.sent(nd)
+		if next != nil {
+			l.sendAttempt(next, nd)
 		}
 	}
 	return len(cmds)
+}
+
+var handedArg = []byte("1")
+
+// sent notes a request appended to nd: it is written at the end of the pass.
+func (l *loop) sent(nd *lnode) {
+	if nd.head == len(nd.fifo)-1 {
+		nd.lastProgress = l.now
+	}
+	if !nd.dirty {
+		nd.dirty = true
+		l.dirtyN = append(l.dirtyN, nd)
+	}
 }
 
 func appendErr(b []byte, text string) []byte {
@@ -647,6 +683,7 @@ const (
 	actSend     = iota // to the primary of its slot
 	actReply           // answered by the proxy itself, without the upstream
 	actHandOver        // by the client's own goroutine, from this command on
+	actWait            // a LOCK WAIT queued behind this proxy's waiters: wait on the loop
 )
 
 // classify decides how the loop serves cmd. It sends ordinary keyed commands whose keys share
@@ -721,10 +758,10 @@ func (l *loop) classify(lc *lclient, cmd *resp.Command) decision {
 	return decision{act: actSend, slot: slot, req: cmd.Raw}
 }
 
-// classifyLock plans a lock command with the goroutine path's own code. The loop sends those
+// classifyLock plans a lock command with the goroutine path's own code. The loop serves those
 // that run as one script call: LOCK without KEEPALIVE (with replica acknowledgement too, or
-// with WAIT: a LOCK WAIT that does not get the lock at once hands the client over to wait),
-// UNLOCK, RENEW, LOCKINFO and SAFESET.
+// with WAIT: a LOCK WAIT that does not get the lock at once waits on the loop), UNLOCK, RENEW,
+// LOCKINFO and SAFESET.
 func (l *loop) classifyLock(lc *lclient, name string, args [][]byte) decision {
 	c := lc.c
 	c.lk.steps = c.lk.steps[:0]
@@ -736,14 +773,18 @@ func (l *loop) classifyLock(lc *lclient, name string, args [][]byte) decision {
 		return decision{act: actReply, reply: c.local} // LOCKID, or a bad argument
 	}
 	ls := &c.lk.steps[n]
-	if ls.call < 0 || ls.req.KeepAlive {
-		// Queued behind this proxy's waiters, or kept alive: the client's goroutine does it.
+	if ls.req.KeepAlive {
+		// Kept alive: the client's goroutine renews it.
 		c.lk.steps = c.lk.steps[:n]
 		return decision{act: actHandOver}
 	}
-	call := &c.ex.Calls[ls.call]
 	lk := new(lockStep)
 	*lk = *ls
+	if ls.call < 0 {
+		// Queued behind this proxy's waiters, first come first served.
+		return decision{act: actWait, slot: ls.slot, lk: lk}
+	}
+	call := &c.ex.Calls[ls.call]
 	return decision{act: actSend, slot: ls.slot, req: call.Req, lk: lk}
 }
 
@@ -754,44 +795,31 @@ func (l *loop) answer(req nodeReq, r []byte) { l.answerAcked(req, r, 0) }
 // answerAcked is answer for a LOCK that acked replicas acknowledged.
 func (l *loop) answerAcked(req nodeReq, r []byte, acked int) {
 	c := req.c
+	if req.attempt {
+		l.attemptAnswered(req, r, acked)
+		return
+	}
 	l.acked(req)
 	if req.lk == nil {
 		l.complete(c, req.seq, r)
 		return
 	}
 	lockAnswered(c, req.lk)
+	if req.lk.kind == lkLock && req.lk.req.Wait > 0 && c.gone {
+		// A LOCK WAIT of a client that has closed its connection: a lock it took is given
+		// back.
+		l.orphaned(req, r)
+		l.complete(c, req.seq, nil)
+		return
+	}
 	var waits bool
 	var pttl int64
 	l.lockOut, waits, pttl = c.c.appendLockReply(l.lockOut[:0], req.lk, r, acked)
 	if waits {
-		l.beginWait(c, req, pttl)
+		l.startWait(c, req.seq, req.lk, pttl)
 		return
 	}
 	l.complete(c, req.seq, l.lockOut)
-}
-
-// beginWait hands a LOCK WAIT that did not get the lock to the client's goroutine, which waits
-// for it and writes its reply. It was the client's last command sent (the later ones are held),
-// so its place in the reply order is simply dropped.
-func (l *loop) beginWait(c *lclient, req nodeReq, pttl int64) {
-	if c.gone || c.readEnd != nil {
-		// The client has gone (or sent EOF): nobody to wait for, and a lock taken for it
-		// would be held by no one.
-		l.complete(c, req.seq, redcon.AppendNull(nil))
-		return
-	}
-	c.inflight--
-	c.pend = c.pend[:req.seq-c.base]
-	c.nextSeq = req.seq
-	if c.phead == len(c.pend) {
-		c.base = c.nextSeq
-		c.pend, c.phead, c.park = c.pend[:0], 0, c.park[:0]
-	}
-	ls := *req.lk
-	ls.req.Resource, ls.req.Token = nil, nil // they point into the parser's buffer
-	c.wait = &pendingWait{ls: ls, pttl: pttl, started: c.lockSent}
-	c.detach = true
-	l.settle(c)
 }
 
 // lockAnswered forgets the token of a LOCK in flight once it is answered.
@@ -805,6 +833,9 @@ func lockAnswered(c *lclient, lk *lockStep) {
 func (l *loop) complete(c *lclient, seq uint64, reply []byte) {
 	if c.closed {
 		return
+	}
+	if c.lwait != nil && c.lwait.seq == seq {
+		l.endWait(c)
 	}
 	c.inflight--
 	i := int(seq - c.base)
@@ -861,6 +892,12 @@ func (c *lclient) waiting() int { return len(c.pend) - c.phead }
 func (l *loop) settle(c *lclient) {
 	if c.closed {
 		return
+	}
+	if c.lwait != nil && (c.readEnd != nil || c.gone) {
+		// The waiting client left (or sent EOF): it stops waiting, with no reply, and what it
+		// pipelined after the LOCK is not run (as on the goroutine path).
+		c.held, c.detach = nil, false
+		l.complete(c, c.lwait.seq, nil)
 	}
 	if c.inflight == 0 && c.held != nil && !c.detach {
 		cmds := c.held
@@ -970,6 +1007,9 @@ func (l *loop) closeClient(c *lclient) {
 		return
 	}
 	c.closed = true
+	if c.lwait != nil {
+		l.endWait(c)
+	}
 	if c.fd < len(l.clients) && l.clients[c.fd] == c {
 		l.unwatch(c.fd)
 		l.s.loopClients.Add(-1)
@@ -984,7 +1024,6 @@ func (l *loop) handOver(c *lclient) {
 	rest := c.held
 	c.held = nil
 	c.closed = true
-	c.c.pendingWait = c.wait
 	c.c.lk.sent = nil // nothing is in flight any more
 	l.unwatch(c.fd)
 	l.s.loopClients.Add(-1)
@@ -1009,9 +1048,14 @@ func (l *loop) beginShutdown(force bool) {
 		if c == nil {
 			continue
 		}
-		if force {
+		switch {
+		case force:
 			l.closeClient(c)
-		} else {
+		case c.lwait != nil:
+			// Waiting for a lock: nil, as the goroutine path answers at shutdown.
+			l.complete(c, c.lwait.seq, redcon.AppendNull(nil))
+			l.settle(c)
+		default:
 			l.settle(c)
 		}
 	}
@@ -1186,7 +1230,8 @@ func (l *loop) readNode(nd *lnode) {
 			nd.held = append(nd.held, heldReply{req: req, reply: append([]byte(nil), reply...)})
 			continue
 		}
-		if req.c.closed {
+		if l.stale(req) {
+			l.orphaned(req, reply)
 			continue
 		}
 		if reply[0] == '-' && cluster.IsRedirect(reply) {
@@ -1252,6 +1297,12 @@ func (l *loop) redirect(req nodeReq, nd *lnode, reply []byte) {
 	if req.lk != nil && req.lk.kind == lkLock {
 		r.Acks = req.lk.acks
 	}
+	if req.lk != nil && req.lk.kind == lkUnlock && req.lk.handed {
+		// The waiter's attempt that went behind it may now run before it: the release is
+		// announced after all, and wakes the waiter when it is done.
+		req.lk.handed = false
+		r.Req = appendScript(nil, commands.ScriptUnlock, req.lk.keys, req.lk.args)
+	}
 	c.retryQ = append(c.retryQ, r)
 	c.retryReqs = append(c.retryReqs, req)
 	l.startRetries(c)
@@ -1271,6 +1322,14 @@ func (l *loop) startRetries(c *lclient) {
 			c.retryRunning = false
 			for i := range batch {
 				r := &batch[i]
+				if l.stale(reqs[i]) {
+					if r.Err == nil && r.Acks == 0 {
+						l.orphaned(reqs[i], r.Reply)
+					} else if r.Err == nil {
+						l.finishAcked(reqs[i], r.Reply, r.Acked)
+					}
+					continue
+				}
 				switch {
 				case r.Err != nil:
 					l.acked(reqs[i])
@@ -1317,7 +1376,7 @@ func isBarrier(lk *lockStep) bool {
 
 // acked notes that a LOCK its client's later commands wait for is settled.
 func (l *loop) acked(req nodeReq) {
-	if isBarrier(req.lk) {
+	if isBarrier(req.lk) && !req.attempt {
 		req.c.barriers--
 	}
 }
@@ -1328,9 +1387,11 @@ func (l *loop) finishAcked(req nodeReq, reply []byte, acked int) {
 	c := req.c
 	got, _, good := parseLockReply(reply)
 	short := good && got && acked < req.lk.acks
-	if c.closed {
+	if l.stale(req) {
 		if short {
 			go c.c.noReplicas(nil, req.lk)
+		} else {
+			l.orphaned(req, reply)
 		}
 		return
 	}
@@ -1342,6 +1403,9 @@ func (l *loop) finishAcked(req nodeReq, reply []byte, acked int) {
 	go func() {
 		r := c.c.noReplicas(nil, req.lk)
 		l.post(func() {
+			if l.stale(req) {
+				return
+			}
 			l.acked(req)
 			lockAnswered(c, req.lk)
 			l.complete(c, req.seq, r)
@@ -1373,7 +1437,7 @@ func (l *loop) failRequests(nd *lnode, reply []byte) {
 	}
 	var touched []*lclient
 	for _, req := range waiting {
-		if req.c != nil && !req.c.closed {
+		if req.c != nil && !l.stale(req) {
 			l.acked(req)
 			if req.lk != nil {
 				lockAnswered(req.c, req.lk)
