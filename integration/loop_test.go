@@ -370,3 +370,52 @@ func TestLoopWaiterLeaves(t *testing.T) {
 		})
 	}
 }
+
+// TestLoopHandoff: an UNLOCK whose lock has a waiter on the loop carries that waiter's attempt
+// behind it (on the acknowledged connection when the waiter needs replicas): the waiter gets
+// the lock, both clients' pipelined commands are answered in order, and the release counts as
+// handed over.
+func TestLoopHandoff(t *testing.T) {
+	for _, replicas := range []string{"0", "auto"} {
+		t.Run("replicas-"+replicas, func(t *testing.T) {
+			p := startProxy(t, nil, "--config", writeConfig(t, "locks:\n  replicas: "+replicas+"\n"))
+			r := fmt.Sprintf("handoff:%s:%d", replicas, time.Now().UnixNano())
+			k := "{" + r + "}k"
+			a, b := dialRaw(t, p.Addr), dialRaw(t, p.Addr)
+			const rounds = 10
+			for i := range rounds {
+				ta, tb := fmt.Sprintf("a%d", i), fmt.Sprintf("b%d", i)
+				a.send(encode("LOCK", r, "PX", "10000", "TOKEN", ta))
+				if got, err := a.reply(); got != bulk(ta) {
+					t.Fatalf("round %d: LOCK by a = %q, %v", i, got, err)
+				}
+				b.send(encode("LOCK", r, "PX", "10000", "WAIT", "5000", "TOKEN", tb) + encode("INCR", k))
+				waitFor(t, 5*time.Second, func() bool { return lockInfoWaiters(t, a, r) == 1 })
+				// Let the waiter subscribe to the release channel and make its attempt: an UNLOCK
+				// meanwhile releases as usual (and wakes it), instead of handing over.
+				time.Sleep(150 * time.Millisecond)
+				a.send(encode("UNLOCK", r, ta) + encode("INCR", k) + encode("UNLOCK", r, ta))
+				for j, want := range []string{":1\r\n", fmt.Sprintf(":%d\r\n", 2*i+1), ":0\r\n"} {
+					if got, err := a.reply(); got != want {
+						t.Fatalf("round %d: a's reply %d = %q, %v; want %q", i, j, got, err, want)
+					}
+				}
+				if got, err := b.reply(); got != bulk(tb) {
+					t.Fatalf("round %d: the waiter got %q, %v; want its token", i, got, err)
+				}
+				if got, err := b.reply(); got != fmt.Sprintf(":%d\r\n", 2*i+2) {
+					t.Fatalf("round %d: the waiter's pipelined INCR = %q, %v", i, got, err)
+				}
+				b.send(encode("UNLOCK", r, tb))
+				if got, err := b.reply(); got != ":1\r\n" {
+					t.Fatalf("round %d: UNLOCK by the waiter = %q, %v", i, got, err)
+				}
+			}
+			if v := proxyInfoField(t, p, "locks_handed_over"); v != strconv.Itoa(rounds) {
+				t.Errorf("locks_handed_over = %s, want %d", v, rounds)
+			}
+		})
+	}
+}
+
+func bulk(s string) string { return "$" + strconv.Itoa(len(s)) + "\r\n" + s + "\r\n" }

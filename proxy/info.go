@@ -202,6 +202,7 @@ func (c *client) proxySection() string {
 	kv("locks_acquired", strconv.FormatInt(lm.acquired.Load(), 10))
 	kv("locks_not_acquired", strconv.FormatInt(lm.notAcquired.Load(), 10))
 	kv("locks_released", strconv.FormatInt(lm.released.Load(), 10))
+	kv("locks_handed_over", strconv.FormatInt(lm.handedOver.Load(), 10))
 	kv("locks_noreplicas", strconv.FormatInt(lm.noReplicas.Load(), 10))
 	kv("locks_wait_timeouts", strconv.FormatInt(lm.waitTimeouts.Load(), 10))
 	kv("locks_waiting_clients", strconv.FormatInt(lm.waiting.Load(), 10))

@@ -50,6 +50,7 @@ type lockManager struct {
 
 	acquired      atomic.Int64
 	released      atomic.Int64
+	handedOver    atomic.Int64 // releases whose next waiter's attempt went right behind them
 	notAcquired   atomic.Int64
 	noReplicas    atomic.Int64
 	waitTimeouts  atomic.Int64
@@ -263,8 +264,9 @@ type lockStep struct {
 	token  string
 	req    commands.LockRequest
 	acks   int
-	// handed: an UNLOCK that carries the head waiter's attempt right behind it (event loop).
-	handed bool
+	// handed: an UNLOCK that carries the head waiter's attempt right behind it (event loop);
+	// viaAck: it goes on the acknowledged connection, as that attempt needs replicas.
+	handed, viaAck bool
 }
 
 // planLockCommand parses a lock command and plans its script call. It reports whether the
@@ -521,7 +523,9 @@ func (c *client) noReplicas(out []byte, ls *lockStep) []byte {
 func (c *client) released(key, token string, handed bool) {
 	c.s.locks.released.Add(1)
 	c.stopKeepalive(key, token)
-	if !handed {
+	if handed {
+		c.s.locks.handedOver.Add(1)
+	} else {
 		c.s.locks.wakeHead(key)
 	}
 }

@@ -582,10 +582,23 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 		if acks > 0 && c.inflight > 0 {
 			return i
 		}
+		var next *loopWait
+		if d.act == actSend && d.lk != nil && d.lk.kind == lkUnlock {
+			// The lock's next waiter on this loop tries right behind the UNLOCK. One whose
+			// acquisition needs replicas does so on the acknowledged connection: the UNLOCK
+			// goes there too, when nothing of its client's is in flight on the other.
+			if next = l.handTo(d.lk); next != nil && next.ls.acks > 0 {
+				if c.inflight > 0 {
+					next = nil
+				} else {
+					d.lk.viaAck = true
+				}
+			}
+		}
 		var nd *lnode
 		errText := ""
 		if d.act == actSend {
-			nd, errText = l.route(d.slot, acks > 0)
+			nd, errText = l.route(d.slot, acks > 0 || d.lk != nil && d.lk.viaAck)
 			if e2 := pool.Epoch(); e2 != e {
 				if c.inflight > 0 {
 					return i // the map moved while this command was routed
@@ -613,10 +626,6 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 			continue
 		}
 		start := len(nd.out)
-		var next *loopWait
-		if d.lk != nil && d.lk.kind == lkUnlock {
-			next = l.handTo(d.lk)
-		}
 		if next != nil {
 			// The next waiter's attempt follows: the UNLOCK does not announce the release.
 			d.lk.handed = true
@@ -1371,7 +1380,7 @@ func (l *loop) settleWait(nd *lnode, reply []byte) {
 
 // isBarrier reports whether later commands of the client wait for this lock command.
 func isBarrier(lk *lockStep) bool {
-	return lk != nil && lk.kind == lkLock && (lk.acks > 0 || lk.req.Wait > 0)
+	return lk != nil && (lk.kind == lkLock && (lk.acks > 0 || lk.req.Wait > 0) || lk.viaAck)
 }
 
 // acked notes that a LOCK its client's later commands wait for is settled.

@@ -214,9 +214,9 @@ func (l *loop) sendAttempt(lw *loopWait, nd *lnode) {
 	l.sent(nd)
 }
 
-// handTo returns the lock's head waiter when it is this loop's, idle, and its attempt would go
-// on the same connection as an UNLOCK of the lock: that attempt can ride right behind the
-// UNLOCK, and if the UNLOCK releases the lock, the attempt takes it.
+// handTo returns the lock's head waiter when it is this loop's and idle: its attempt can ride
+// right behind an UNLOCK of the lock on the same connection, and if the UNLOCK releases the
+// lock, the attempt takes it.
 func (l *loop) handTo(unlock *lockStep) *loopWait {
 	w := l.s.locks.head(unlock.key)
 	if w == nil {
@@ -226,7 +226,7 @@ func (l *loop) handTo(unlock *lockStep) *loopWait {
 	if lw == nil || lw.l != l {
 		return nil // a goroutine's waiter, or another loop's: the release wakes it
 	}
-	if lw.c.lwait != lw || lw.trying || !lw.ready || lw.ls.acks > 0 || lw.ls.slot != unlock.slot {
+	if lw.c.lwait != lw || lw.trying || lw.ls.slot != unlock.slot {
 		return nil
 	}
 	return lw
