@@ -252,6 +252,11 @@ func (l *loop) attemptAnswered(req nodeReq, r []byte, acked int) {
 	l.lockOut, waits, pttl = c.c.appendLockReply(l.lockOut[:0], req.lk, r, acked)
 	if !waits {
 		l.complete(c, lw.seq, l.lockOut)
+		// A lock handed over is what the next holder, and everyone queued behind it, waits
+		// for: its reply is written first in this pass.
+		if i := len(l.dirtyC) - 1; i > 0 && l.dirtyC[i] == c {
+			l.dirtyC[0], l.dirtyC[i] = c, l.dirtyC[0]
+		}
 		return
 	}
 	lw.pttl = pttl
