@@ -419,3 +419,35 @@ func TestLoopHandoff(t *testing.T) {
 }
 
 func bulk(s string) string { return "$" + strconv.Itoa(len(s)) + "\r\n" + s + "\r\n" }
+
+// TestLoopHandoffExpiry: after a handoff, the next waiter in line sleeps until the new holder's
+// TTL at the latest, not until the re-check: a holder that never releases is outlived at its
+// TTL (the re-check is set far beyond WAIT here, so only the TTL can let the waiter in).
+func TestLoopHandoffExpiry(t *testing.T) {
+	p := startProxy(t, nil, "--config", writeConfig(t, "locks:\n  replicas: 0\n  recheck-interval: 60s\n"))
+	r := fmt.Sprintf("handoff-expiry:%d", time.Now().UnixNano())
+	a, b, c := dialRaw(t, p.Addr), dialRaw(t, p.Addr), dialRaw(t, p.Addr)
+	a.send(encode("LOCK", r, "PX", "10000", "TOKEN", "ta"))
+	if got, err := a.reply(); got != bulk("ta") {
+		t.Fatalf("LOCK by a = %q, %v", got, err)
+	}
+	b.send(encode("LOCK", r, "PX", "500", "WAIT", "10000", "TOKEN", "tb"))
+	waitFor(t, 5*time.Second, func() bool { return lockInfoWaiters(t, a, r) == 1 })
+	c.send(encode("LOCK", r, "PX", "10000", "WAIT", "10000", "TOKEN", "tc"))
+	waitFor(t, 5*time.Second, func() bool { return lockInfoWaiters(t, a, r) == 2 })
+	time.Sleep(150 * time.Millisecond)
+	a.send(encode("UNLOCK", r, "ta"))
+	if got, err := a.reply(); got != ":1\r\n" {
+		t.Fatalf("UNLOCK by a = %q, %v", got, err)
+	}
+	if got, err := b.reply(); got != bulk("tb") {
+		t.Fatalf("b got %q, %v; want the lock", got, err)
+	}
+	// b never releases: its 500 ms lease runs out, and c is let in then.
+	if got, err := c.reply(); got != bulk("tc") {
+		t.Fatalf("c got %q, %v; want the lock once b's TTL ran out", got, err)
+	}
+	if v := proxyInfoField(t, p, "locks_handed_over"); v != "1" {
+		t.Errorf("locks_handed_over = %s, want 1", v)
+	}
+}

@@ -588,7 +588,8 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 			// acquisition needs replicas does so on the acknowledged connection: the UNLOCK
 			// goes there too, when nothing of its client's is in flight on the other.
 			if next = l.handTo(d.lk); next != nil && next.ls.acks > 0 {
-				if c.inflight > 0 {
+				// Not behind another acquisition's WAIT, which would hold the release up.
+				if c.inflight > 0 || !l.ackIdle(d.slot) {
 					next = nil
 				} else {
 					d.lk.viaAck = true
@@ -652,6 +653,7 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 		l.sent(nd)
 		if next != nil {
 			l.sendAttempt(next, nd)
+			next.handed = true
 		}
 	}
 	return len(cmds)
@@ -1378,6 +1380,13 @@ func (l *loop) settleWait(nd *lnode, reply []byte) {
 	}
 }
 
+// ackIdle reports whether the acknowledged connection to the primary of slot is up and has
+// nothing in flight.
+func (l *loop) ackIdle(slot uint16) bool {
+	nd := l.ackNodes[l.s.pool.NodeForSlot(slot)]
+	return nd != nil && !nd.dead && !nd.connecting && nd.head == len(nd.fifo) && len(nd.held) == 0 && nd.needWait == 0
+}
+
 // isBarrier reports whether later commands of the client wait for this lock command.
 func isBarrier(lk *lockStep) bool {
 	return lk != nil && (lk.kind == lkLock && (lk.acks > 0 || lk.req.Wait > 0) || lk.viaAck)
@@ -1441,8 +1450,12 @@ func (l *loop) failNode(nd *lnode, cause error) {
 // failRequests answers every request queued or waiting on nd with reply.
 func (l *loop) failRequests(nd *lnode, reply []byte) {
 	waiting := nd.fifo[nd.head:]
-	for _, h := range nd.held {
-		waiting = append(waiting, h.req)
+	// Acquisitions answered but not yet acknowledged: a lock taken is given back (NOREPLICAS,
+	// or released for a client that has gone), one not taken is answered as usual.
+	held := nd.held
+	nd.held = nil
+	for _, h := range held {
+		l.finishAcked(h.req, h.reply, 0)
 	}
 	var touched []*lclient
 	for _, req := range waiting {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/tidwall/redcon"
+
+	"github.com/valkey-lock-proxy/valkey-lock-proxy/cluster"
 )
 
 // A LOCK WAIT that does not get the lock at once waits on the loop, and its client stays there.
@@ -38,6 +40,9 @@ type loopWait struct {
 	again    bool  // woken while trying: try again if that attempt fails
 	ready    bool  // subscribed to the release channel (or gave up waiting for it)
 	took     bool  // the last attempt took the lock
+	// handed: the attempt in flight rides behind an UNLOCK that did not announce the release;
+	// if it comes back with neither the lock nor its holder, the release is announced after all.
+	handed bool
 	// subRef is closed once the goroutine that subscribes holds its reference; nil when the
 	// loop took a reference on an existing subscription.
 	subRef chan struct{}
@@ -226,7 +231,7 @@ func (l *loop) handTo(unlock *lockStep) *loopWait {
 	if lw == nil || lw.l != l {
 		return nil // a goroutine's waiter, or another loop's: the release wakes it
 	}
-	if lw.c.lwait != lw || lw.trying || lw.ls.slot != unlock.slot {
+	if lw.c.lwait != lw || lw.trying || lw.ls.slot != unlock.slot || monoNow() >= lw.deadline {
 		return nil
 	}
 	return lw
@@ -247,6 +252,9 @@ func (l *loop) attemptAnswered(req nodeReq, r []byte, acked int) {
 	lw.trying = false
 	got, _, good := parseLockReply(r)
 	lw.took = good && got && acked >= lw.ls.acks
+	if good {
+		lw.handed = false // the lock was taken, by this waiter or someone else
+	}
 	var waits bool
 	var pttl int64
 	l.lockOut, waits, pttl = c.c.appendLockReply(l.lockOut[:0], req.lk, r, acked)
@@ -276,16 +284,29 @@ func (l *loop) endWait(c *lclient) {
 	}
 	l.rearm(c)
 	m := l.s.locks
+	if lw.handed {
+		// Its attempt behind a silent UNLOCK failed (an error, a lost connection) or was
+		// abandoned: the lock may be free, and other proxies' waiters have not been told.
+		pool, key, slot := l.s.pool, lw.ls.key, lw.ls.slot
+		go func() {
+			ex := cluster.NewExchange()
+			ex.Add(cluster.AppendCommand(nil, "SPUBLISH", key, "released"), slot)
+			pool.Do(ex)
+		}()
+	}
 	if next := m.remove(lw.ls.key, lw.w); next != nil {
 		nlw, _ := next.owner.(*loopWait)
 		switch {
 		case nlw != nil && nlw.l == l && lw.took:
-			// This loop's waiter is head now, with nothing to try for yet.
+			// This loop's waiter is head now, with nothing to try for yet: it sleeps until the
+			// new holder's TTL runs out at the latest.
 			if !nlw.trying {
+				nlw.pttl = lw.ls.req.TTL.Milliseconds()
 				l.sleepWait(nlw)
 			}
 		default:
-			wake(next, !lw.took)
+			// Another loop's waiter tries even after a taking: that tells it the holder's TTL.
+			wake(next, !lw.took || nlw != nil)
 		}
 	}
 	key := lw.ls.key
