@@ -73,10 +73,12 @@ type Pool struct {
 	stopped   atomic.Bool
 	stats     struct{ connLost, dialFailed, redirects atomic.Int64 }
 	refreshCh chan struct{}
-	stop      chan struct{}
-	wg        sync.WaitGroup
-	readers   sync.WaitGroup
-	closeOnce sync.Once
+	// noReplicaAt is when a slot without a replica last asked for a refresh (ReplicasChecked).
+	noReplicaAt atomic.Int64
+	stop        chan struct{}
+	wg          sync.WaitGroup
+	readers     sync.WaitGroup
+	closeOnce   sync.Once
 }
 
 // ErrNoSlot is returned for a slot no primary serves.
@@ -206,6 +208,22 @@ func (p *Pool) Replicas(slot uint16) int {
 		return int(n.replicas.Load())
 	}
 	return 0
+}
+
+// ReplicasChecked is Replicas for a caller that relies on the count (the lock commands'
+// acknowledgement): a slot of a cluster found without a replica asks for the topology to be
+// re-read, at most once a second. A replica that joins or comes back, which CLUSTER SLOTS
+// lists again, is then counted within about a second instead of at the next periodic refresh.
+func (p *Pool) ReplicasChecked(slot uint16) int {
+	n := p.Replicas(slot)
+	if n == 0 && !p.standalone {
+		now := time.Now().UnixNano()
+		last := p.noReplicaAt.Load()
+		if now-last >= int64(time.Second) && p.noReplicaAt.CompareAndSwap(last, now) {
+			p.requestRefresh()
+		}
+	}
+	return n
 }
 
 func (p *Pool) dial(addr string) (net.Conn, error) {

@@ -1576,6 +1576,98 @@ func TestLockReplicaAck(t *testing.T) {
 	lkLinkUp(t, ctx, replica.addr, time.Minute)
 }
 
+// TestLockReplicaRejoin: with locks.replicas auto, a proxy that saw a shard without a replica
+// notices the replica coming back within about a second (a slot found without a replica asks
+// for the topology to be re-read), not at its next periodic refresh (an hour here): from then on
+// acquisitions in that shard are acknowledged again.
+func TestLockReplicaRejoin(t *testing.T) {
+	ctx := lkCtx(t, 3*time.Minute)
+	r := lkName(t, "rejoin")
+	slot := cluster.SlotOf([]byte(r))
+	primary, replicas := lkShard(t, ctx, slot)
+	for deadline := time.Now().Add(30 * time.Second); len(replicas) == 0 && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		primary, replicas = lkShard(t, ctx, slot)
+	}
+	if len(replicas) == 0 {
+		t.Fatalf("slot %d: primary %s has no replica", slot, primary.addr)
+	}
+	replica := replicas[0]
+	lkLinkUp(t, ctx, replica.addr, time.Minute)
+	pc := lkDirect(t, primary.addr)
+	pid, err := strconv.Atoi(lkInfoField(ctx, lkDirect(t, replica.addr), "server", "process_id"))
+	if err != nil || pid <= 1 {
+		t.Fatalf("replica %s: process_id %d, %v", replica.addr, pid, err)
+	}
+	var resume sync.Once
+	cont := func() { resume.Do(func() { _ = syscall.Kill(pid, syscall.SIGCONT) }) }
+	t.Cleanup(func() {
+		cont()
+		lkLinkUp(t, context.Background(), replica.addr, time.Minute)
+	})
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP replica %s (pid %d): %v", replica.addr, pid, err)
+	}
+	// Until the cluster marks it failed, CLUSTER SLOTS still lists it.
+	lkUntil(t, 60*time.Second, 200*time.Millisecond, "CLUSTER SLOTS without the paused replica", func() bool {
+		return !lkSlotsListReplica(ctx, slot, replica.addr, false)
+	})
+	p := startProxy(t, nil, "--config", writeConfig(t, "upstream:\n  refresh-interval: 1h\n"))
+	c := lkClient(t, p.Addr, 1)
+	before := lkCalls(t, ctx, pc, "wait")
+	tok := lkLock(t, ctx, c, r, "PX", 10000)
+	lkUnlock(t, ctx, c, r, tok)
+	if after := lkCalls(t, ctx, pc, "wait"); after != before {
+		t.Fatalf("WAIT calls on %s went %d -> %d with the shard's replica failed; want none", primary.addr, before, after)
+	}
+
+	cont()
+	lkLinkUp(t, ctx, replica.addr, time.Minute)
+	lkUntil(t, 30*time.Second, 200*time.Millisecond, "CLUSTER SLOTS listing the replica again", func() bool {
+		return lkSlotsListReplica(ctx, slot, replica.addr, true)
+	})
+	start := time.Now()
+	lkUntil(t, 10*time.Second, 100*time.Millisecond, "a LOCK acknowledged by the replica again", func() bool {
+		before := lkCalls(t, ctx, pc, "wait")
+		tok := lkLock(t, ctx, c, r, "PX", 10000)
+		lkUnlock(t, ctx, c, r, tok)
+		return lkCalls(t, ctx, pc, "wait") > before
+	})
+	t.Logf("acquisitions acknowledged again %v after CLUSTER SLOTS listed the replica", time.Since(start).Round(time.Millisecond))
+}
+
+// lkSlotsListReplica reports whether CLUSTER SLOTS lists addr among slot's replicas: on every
+// other reachable node (every), or on any of them.
+func lkSlotsListReplica(ctx context.Context, slot uint16, addr string, every bool) bool {
+	seen, asked := 0, 0
+	for _, a := range clusterAddrs {
+		if a == addr {
+			continue
+		}
+		c := redis.NewClient(&redis.Options{Addr: a, Protocol: 2, MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: time.Second})
+		slots, err := c.ClusterSlots(ctx).Result()
+		_ = c.Close()
+		if err != nil {
+			continue
+		}
+		asked++
+		for _, s := range slots {
+			if int(slot) < s.Start || int(slot) > s.End {
+				continue
+			}
+			for _, n := range s.Nodes[min(1, len(s.Nodes)):] {
+				if n.Addr == addr {
+					seen++
+				}
+			}
+		}
+	}
+	if every {
+		return asked > 0 && seen == asked
+	}
+	return seen > 0
+}
+
 // 8. SAFESET.
 func TestLockSafeSet(t *testing.T) {
 	p := lkProxy(t, "")

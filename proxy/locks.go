@@ -198,7 +198,7 @@ func (m *lockManager) replicasFor(pool *cluster.Pool, slot uint16) int {
 	if m.opts.Replicas >= 0 {
 		return m.opts.Replicas
 	}
-	return min(pool.Replicas(slot), 1)
+	return min(pool.ReplicasChecked(slot), 1)
 }
 
 // lockState is a connection's part of the lock machinery.
