@@ -130,6 +130,8 @@ type Config struct {
 		ProtectKeys bool `yaml:"protect-keys"`
 		// RecheckInterval bounds a waiter's sleep without news of a release.
 		RecheckInterval Duration `yaml:"recheck-interval"`
+		// Handoff lets an UNLOCK hand the lock straight to this proxy's next waiter.
+		Handoff bool `yaml:"handoff"`
 		// TokenCache is how many resources per connection remember their latest token.
 		TokenCache int `yaml:"token-cache"`
 	} `yaml:"locks"`
@@ -171,6 +173,7 @@ func defaultConfig() Config {
 	c.Locks.Replicas = "auto"
 	c.Locks.ReplicaTimeout = Duration(200 * time.Millisecond)
 	c.Locks.ProtectKeys = true
+	c.Locks.Handoff = true
 	c.Locks.RecheckInterval = Duration(time.Second)
 	c.Locks.TokenCache = 1024
 	c.Shutdown.DrainTimeout = Duration(10 * time.Second)

@@ -145,6 +145,7 @@ func run(ctx context.Context, argv []string, stdout io.Writer) error {
 			ReplicaTimeout: time.Duration(cfg.Locks.ReplicaTimeout),
 			ProtectKeys:    cfg.Locks.ProtectKeys,
 			Recheck:        time.Duration(cfg.Locks.RecheckInterval),
+			Handoff:        cfg.Locks.Handoff,
 			TokenCache:     cfg.Locks.TokenCache,
 		},
 	}, pool, table, upVersion)

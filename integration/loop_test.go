@@ -374,11 +374,12 @@ func TestLoopWaiterLeaves(t *testing.T) {
 // TestLoopHandoff: an UNLOCK whose lock has a waiter on the loop carries that waiter's attempt
 // behind it (on the acknowledged connection when the waiter needs replicas): the waiter gets
 // the lock, both clients' pipelined commands are answered in order, and the release counts as
-// handed over.
+// handed over. With locks.handoff false the same sequence works through the announced release.
 func TestLoopHandoff(t *testing.T) {
-	for _, replicas := range []string{"0", "auto"} {
-		t.Run("replicas-"+replicas, func(t *testing.T) {
-			p := startProxy(t, nil, "--config", writeConfig(t, "locks:\n  replicas: "+replicas+"\n"))
+	for _, cfg := range []struct{ replicas, handoff string }{{"0", "true"}, {"auto", "true"}, {"0", "false"}} {
+		replicas := cfg.replicas
+		t.Run("replicas-"+replicas+"-handoff-"+cfg.handoff, func(t *testing.T) {
+			p := startProxy(t, nil, "--config", writeConfig(t, "locks:\n  replicas: "+replicas+"\n  handoff: "+cfg.handoff+"\n"))
 			r := fmt.Sprintf("handoff:%s:%d", replicas, time.Now().UnixNano())
 			k := "{" + r + "}k"
 			a, b := dialRaw(t, p.Addr), dialRaw(t, p.Addr)
@@ -411,8 +412,12 @@ func TestLoopHandoff(t *testing.T) {
 					t.Fatalf("round %d: UNLOCK by the waiter = %q, %v", i, got, err)
 				}
 			}
-			if v := proxyInfoField(t, p, "locks_handed_over"); v != strconv.Itoa(rounds) {
-				t.Errorf("locks_handed_over = %s, want %d", v, rounds)
+			want := strconv.Itoa(rounds)
+			if cfg.handoff == "false" {
+				want = "0" // every release announced, the waiter woken to try
+			}
+			if v := proxyInfoField(t, p, "locks_handed_over"); v != want {
+				t.Errorf("locks_handed_over = %s, want %s", v, want)
 			}
 		})
 	}

@@ -36,6 +36,10 @@ type LockOptions struct {
 	// TokenCache is how many resources per connection remember their latest token, for
 	// UNLOCK without a token.
 	TokenCache int
+	// Handoff: an UNLOCK on an event loop whose lock has a waiter on the same loop takes the
+	// waiter's attempt along and does not announce the release (see handTo). Off, every
+	// release is announced and waiters of all proxies try for it.
+	Handoff bool
 }
 
 // lockManager owns this proxy's waiters: FIFO queues per lock key, woken by local releases and

@@ -223,6 +223,9 @@ func (l *loop) sendAttempt(lw *loopWait, nd *lnode) {
 // right behind an UNLOCK of the lock on the same connection, and if the UNLOCK releases the
 // lock, the attempt takes it.
 func (l *loop) handTo(unlock *lockStep) *loopWait {
+	if !l.s.locks.opts.Handoff {
+		return nil
+	}
 	w := l.s.locks.head(unlock.key)
 	if w == nil {
 		return nil
