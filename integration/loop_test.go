@@ -456,3 +456,79 @@ func TestLoopHandoffExpiry(t *testing.T) {
 		t.Errorf("locks_handed_over = %s, want 1", v)
 	}
 }
+
+// TestLoopHandoffFairness: a release handed over reports whether waiters of other proxies wait
+// for the lock too (they subscribe to its release channel); if so, the next release is
+// announced instead of handed over, and the other proxy's waiter gets the lock within two
+// releases instead of waiting out its WAIT while this proxy's clients pass the lock around.
+func TestLoopHandoffFairness(t *testing.T) {
+	p1, p2 := startProxy(t, nil), startProxy(t, nil)
+	r := fmt.Sprintf("fair:%d", time.Now().UnixNano())
+	a, b, remote := dialRaw(t, p1.Addr), dialRaw(t, p1.Addr), dialRaw(t, p2.Addr)
+	a.send(encode("LOCK", r, "PX", "10000", "TOKEN", "ta"))
+	if got, err := a.reply(); got != bulk("ta") {
+		t.Fatalf("LOCK by a = %q, %v", got, err)
+	}
+	b.send(encode("LOCK", r, "PX", "10000", "WAIT", "20000", "TOKEN", "tb"))
+	remote.send(encode("LOCK", r, "PX", "10000", "WAIT", "20000", "TOKEN", "tr"))
+	waitFor(t, 5*time.Second, func() bool { return lockInfoWaiters(t, a, r) == 1 })
+	rc := dialRaw(t, p2.Addr)
+	waitFor(t, 5*time.Second, func() bool { return lockInfoWaiters(t, rc, r) == 1 })
+	time.Sleep(150 * time.Millisecond) // both waiters subscribed and idle
+	// a hands over to b, and learns that p2 waits too.
+	a.send(encode("UNLOCK", r, "ta"))
+	if got, err := a.reply(); got != ":1\r\n" {
+		t.Fatalf("UNLOCK by a = %q, %v", got, err)
+	}
+	if got, err := b.reply(); got != bulk("tb") {
+		t.Fatalf("b got %q, %v; want the lock handed over", got, err)
+	}
+	if v := proxyInfoField(t, p1, "locks_handed_over"); v != "1" {
+		t.Fatalf("locks_handed_over = %s after the first release, want 1", v)
+	}
+	// a queues again behind b; b's release is announced, not handed to a.
+	a.send(encode("LOCK", r, "PX", "10000", "WAIT", "20000", "TOKEN", "ta2"))
+	waitFor(t, 5*time.Second, func() bool { return lockInfoWaiters(t, b, r) == 1 })
+	time.Sleep(50 * time.Millisecond)
+	b.send(encode("UNLOCK", r, "tb"))
+	if got, err := b.reply(); got != ":1\r\n" {
+		t.Fatalf("UNLOCK by b = %q, %v", got, err)
+	}
+	if v := proxyInfoField(t, p1, "locks_handed_over"); v != "1" {
+		t.Fatalf("locks_handed_over = %s after the second release, want still 1: the other proxy's waiter had its turn", v)
+	}
+	// Whoever won that race, the remote waiter holds the lock within one more release.
+	var holder string
+	waitFor(t, 5*time.Second, func() bool {
+		b.send(encode("LOCKINFO", r))
+		got, err := b.reply()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case strings.Contains(got, "\r\ntr\r\n"):
+			holder = "tr"
+		case strings.Contains(got, "\r\nta2\r\n"):
+			holder = "ta2"
+		}
+		return holder != ""
+	})
+	if holder == "tr" {
+		if got, err := remote.reply(); got != bulk("tr") {
+			t.Fatalf("remote waiter got %q, %v", got, err)
+		}
+		t.Log("the other proxy's waiter won the announced release")
+		return
+	}
+	if got, err := a.reply(); got != bulk("ta2") {
+		t.Fatalf("a got %q, %v; want the lock", got, err)
+	}
+	a.send(encode("UNLOCK", r, "ta2"))
+	if got, err := a.reply(); got != ":1\r\n" {
+		t.Fatalf("UNLOCK by a = %q, %v", got, err)
+	}
+	if got, err := remote.reply(); got != bulk("tr") {
+		t.Fatalf("remote waiter got %q, %v; want the lock after a's release", got, err)
+	}
+	t.Log("this proxy's waiter won the announced release; the other proxy's got the next")
+}

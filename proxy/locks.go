@@ -51,6 +51,9 @@ type lockManager struct {
 
 	mu     sync.Mutex
 	queues map[string]*waitQueue
+	// othersWait holds lock keys whose last release handed over found waiters of other
+	// proxies (and when): the next release is announced instead, so that they get their turn.
+	othersWait map[string]time.Time
 
 	acquired      atomic.Int64
 	released      atomic.Int64
@@ -149,14 +152,35 @@ func (m *lockManager) remove(key string, w *waiter) (next *waiter) {
 	return next
 }
 
-// head returns the first waiter for key, or nil.
-func (m *lockManager) head(key string) *waiter {
+// handoffHead returns the first waiter for key, for a release to be handed to, or nil: none
+// waits, or this release is the turn of other proxies' waiters (see othersWait).
+func (m *lockManager) handoffHead(key string) *waiter {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if q := m.queues[key]; q != nil && len(q.waiters) > 0 {
-		return q.waiters[0]
+	q := m.queues[key]
+	if q == nil || len(q.waiters) == 0 {
+		return nil
 	}
-	return nil
+	if at, ok := m.othersWait[key]; ok {
+		delete(m.othersWait, key)
+		if time.Since(at) < othersWaitFor {
+			return nil
+		}
+	}
+	return q.waiters[0]
+}
+
+// othersWaitFor is how long the news that other proxies wait for a lock is acted on.
+const othersWaitFor = 10 * time.Second
+
+// othersWaiting notes that a release handed over found other proxies waiting for key.
+func (m *lockManager) othersWaiting(key string) {
+	m.mu.Lock()
+	if m.othersWait == nil || len(m.othersWait) >= 4096 {
+		m.othersWait = map[string]time.Time{} // keys nobody released again since: forget them
+	}
+	m.othersWait[key] = time.Now()
+	m.mu.Unlock()
 }
 
 func (m *lockManager) isHead(key string, w *waiter) bool {
@@ -416,6 +440,8 @@ func appendScript(b []byte, s *commands.Script, keys, args [][]byte) []byte {
 
 var noScript = []byte("-NOSCRIPT")
 
+var unlockedReply = []byte(":1\r\n")
+
 func isNoScript(r []byte) bool {
 	return len(r) >= len(noScript) && string(r[:len(noScript)]) == string(noScript)
 }
@@ -472,7 +498,13 @@ func (c *client) appendLockReply(out []byte, ls *lockStep, reply []byte, acked i
 			out = redcon.AppendNull(out)
 		}
 	case lkUnlock:
-		if n, _ := cluster.IntValue(reply); n == 1 {
+		n, _ := cluster.IntValue(reply)
+		if n == 2 {
+			// Handed over, with other proxies' waiters seen: the client sees a release.
+			c.s.locks.othersWaiting(ls.key)
+			n, reply = 1, unlockedReply
+		}
+		if n == 1 {
 			c.released(ls.key, ls.token, ls.handed)
 		}
 		out = append(out, reply...)

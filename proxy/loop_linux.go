@@ -630,7 +630,11 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 		if next != nil {
 			// The next waiter's attempt follows: the UNLOCK does not announce the release.
 			d.lk.handed = true
-			nd.out = appendScript(nd.out, commands.ScriptUnlock, d.lk.keys, [][]byte{d.lk.args[0], handedArg})
+			own := zeroArg
+			if next.ready {
+				own = oneArg // this proxy's subscription to the release channel is confirmed
+			}
+			nd.out = appendScript(nd.out, commands.ScriptUnlock, d.lk.keys, [][]byte{d.lk.args[0], oneArg, own})
 		} else {
 			nd.out = append(nd.out, d.req...)
 		}
@@ -659,7 +663,7 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 	return len(cmds)
 }
 
-var handedArg = []byte("1")
+var oneArg, zeroArg = []byte("1"), []byte("0")
 
 // sent notes a request appended to nd: it is written at the end of the pass.
 func (l *loop) sent(nd *lnode) {

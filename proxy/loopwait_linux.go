@@ -226,7 +226,7 @@ func (l *loop) handTo(unlock *lockStep) *loopWait {
 	if !l.s.locks.opts.Handoff {
 		return nil
 	}
-	w := l.s.locks.head(unlock.key)
+	w := l.s.locks.handoffHead(unlock.key)
 	if w == nil {
 		return nil
 	}

@@ -3,12 +3,19 @@
 -- ARGV[1]  token
 -- ARGV[2]  "1" when the proxy's next waiter tries to take the lock right after this script on
 --          the same connection: the lock is not left free, so nobody else is told (optional)
--- Returns  1 released, 0 not held by that token (expired, or someone else's).
+-- ARGV[3]  with ARGV[2]: how many subscriptions to the channel below are the proxy's own
+-- Returns  1 released, 0 not held by that token (expired, or someone else's),
+--          2 released and handed over while other proxies wait for the lock too (they
+--          subscribe to the channel below): the proxy does not hand the next release over.
 -- Else publishes "released" on the shard channel named like the lock key (same slot).
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   if ARGV[2] ~= '1' then
     redis.call('SPUBLISH', KEYS[1], 'released')
+    return 1
+  end
+  if redis.call('PUBSUB', 'SHARDNUMSUB', KEYS[1])[2] > tonumber(ARGV[3]) then
+    return 2
   end
   return 1
 end
