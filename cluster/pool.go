@@ -73,12 +73,15 @@ type Pool struct {
 	stopped   atomic.Bool
 	stats     struct{ connLost, dialFailed, redirects atomic.Int64 }
 	refreshCh chan struct{}
-	// noReplicaAt is when a slot without a replica last asked for a refresh (ReplicasChecked).
-	noReplicaAt atomic.Int64
-	stop        chan struct{}
-	wg          sync.WaitGroup
-	readers     sync.WaitGroup
-	closeOnce   sync.Once
+	// noReplicaAt is when a slot without a replica last asked for a refresh (ReplicasChecked),
+	// noReplicaGap how long until the next may: doubled at each, up to the refresh interval,
+	// and back to a second when a refresh finds a replica more.
+	noReplicaAt  atomic.Int64
+	noReplicaGap atomic.Int64
+	stop         chan struct{}
+	wg           sync.WaitGroup
+	readers      sync.WaitGroup
+	closeOnce    sync.Once
 }
 
 // ErrNoSlot is returned for a slot no primary serves.
@@ -212,14 +215,17 @@ func (p *Pool) Replicas(slot uint16) int {
 
 // ReplicasChecked is Replicas for a caller that relies on the count (the lock commands'
 // acknowledgement): a slot of a cluster found without a replica asks for the topology to be
-// re-read, at most once a second. A replica that joins or comes back, which CLUSTER SLOTS
-// lists again, is then counted within about a second instead of at the next periodic refresh.
+// re-read, a second after the last such request at first. A replica that joins or comes back,
+// which CLUSTER SLOTS lists again, is then counted within about a second instead of at the
+// next periodic refresh. While refreshes find no replica more, the gap doubles up to the
+// refresh interval: a cluster without replicas by design is not re-read every second.
 func (p *Pool) ReplicasChecked(slot uint16) int {
 	n := p.Replicas(slot)
 	if n == 0 && !p.standalone {
 		now := time.Now().UnixNano()
-		last := p.noReplicaAt.Load()
-		if now-last >= int64(time.Second) && p.noReplicaAt.CompareAndSwap(last, now) {
+		last, gap := p.noReplicaAt.Load(), max(p.noReplicaGap.Load(), int64(time.Second))
+		if now-last >= gap && p.noReplicaAt.CompareAndSwap(last, now) {
+			p.noReplicaGap.Store(min(2*gap, max(int64(p.opts.RefreshInterval), int64(time.Second))))
 			p.requestRefresh()
 		}
 	}
@@ -472,7 +478,9 @@ func (p *Pool) refresh(ctx context.Context) error {
 	var moves []move
 	for _, s := range spans {
 		n := p.node(s.addr)
-		n.replicas.Store(int32(len(s.replicas)))
+		if old := n.replicas.Swap(int32(len(s.replicas))); int(old) < len(s.replicas) {
+			p.noReplicaGap.Store(int64(time.Second)) // a replica more: check soon again
+		}
 		if p.opts.ReadFrom == "replica" || p.opts.ReadFrom == "prefer-replica" {
 			var rn []*Node
 			for _, r := range s.replicas {

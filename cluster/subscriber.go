@@ -110,6 +110,25 @@ func (s *Subscriber) TryRef(channel string) bool {
 	return true
 }
 
+// Confirmed reports whether the subscription to channel is confirmed by the server: 1 or 0,
+// or -1 when the subscriber is busy and cannot tell without waiting.
+func (s *Subscriber) Confirmed(channel string) int {
+	if !s.mu.TryLock() {
+		return -1
+	}
+	defer s.mu.Unlock()
+	sub := s.channels[channel]
+	if sub == nil || sub.on == nil {
+		return 0
+	}
+	select {
+	case <-sub.ready:
+		return 1
+	default:
+		return 0
+	}
+}
+
 // TryUnref drops a reference to channel that is not the last one, without waiting: false
 // when it is the last or the subscriber is busy (Unsubscribe is then the way).
 func (s *Subscriber) TryUnref(channel string) bool {

@@ -52,8 +52,9 @@ type lockManager struct {
 	mu     sync.Mutex
 	queues map[string]*waitQueue
 	// othersWait holds lock keys whose last release handed over found waiters of other
-	// proxies (and when): the next release is announced instead, so that they get their turn.
-	othersWait map[string]time.Time
+	// proxies: the next release is announced instead of handed over, so that they get a
+	// chance at it. An announced release clears the key.
+	othersWait map[string]struct{}
 
 	acquired      atomic.Int64
 	released      atomic.Int64
@@ -161,26 +162,35 @@ func (m *lockManager) handoffHead(key string) *waiter {
 	if q == nil || len(q.waiters) == 0 {
 		return nil
 	}
-	if at, ok := m.othersWait[key]; ok {
-		delete(m.othersWait, key)
-		if time.Since(at) < othersWaitFor {
-			return nil
-		}
+	if _, ok := m.othersWait[key]; ok {
+		return nil
 	}
 	return q.waiters[0]
 }
-
-// othersWaitFor is how long the news that other proxies wait for a lock is acted on.
-const othersWaitFor = 10 * time.Second
 
 // othersWaiting notes that a release handed over found other proxies waiting for key.
 func (m *lockManager) othersWaiting(key string) {
 	m.mu.Lock()
 	if m.othersWait == nil || len(m.othersWait) >= 4096 {
-		m.othersWait = map[string]time.Time{} // keys nobody released again since: forget them
+		// Keys not released since (their holders gave up, or their waiters left): forgotten,
+		// at worst one more local handoff each.
+		m.othersWait = map[string]struct{}{}
 	}
-	m.othersWait[key] = time.Now()
+	m.othersWait[key] = struct{}{}
 	m.mu.Unlock()
+}
+
+// announced notes a release of key that was announced (other proxies' waiters had their
+// chance, so the next release may be handed over again) and wakes this proxy's head waiter.
+func (m *lockManager) announced(key string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.othersWait) > 0 {
+		delete(m.othersWait, key)
+	}
+	if q := m.queues[key]; q != nil && len(q.waiters) > 0 {
+		wake(q.waiters[0], true)
+	}
 }
 
 func (m *lockManager) isHead(key string, w *waiter) bool {
@@ -562,7 +572,7 @@ func (c *client) released(key, token string, handed bool) {
 	if handed {
 		c.s.locks.handedOver.Add(1)
 	} else {
-		c.s.locks.wakeHead(key)
+		c.s.locks.announced(key)
 	}
 }
 

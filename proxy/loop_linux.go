@@ -630,9 +630,10 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 		if next != nil {
 			// The next waiter's attempt follows: the UNLOCK does not announce the release.
 			d.lk.handed = true
+			// How many subscribers of the release channel are this proxy's.
 			own := zeroArg
-			if next.ready {
-				own = oneArg // this proxy's subscription to the release channel is confirmed
+			if n := l.s.locks.sub.Confirmed(d.lk.key); n == 1 || n < 0 && next.ready {
+				own = oneArg
 			}
 			nd.out = appendScript(nd.out, commands.ScriptUnlock, d.lk.keys, [][]byte{d.lk.args[0], oneArg, own})
 		} else {

@@ -14,7 +14,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
     redis.call('SPUBLISH', KEYS[1], 'released')
     return 1
   end
-  if redis.call('PUBSUB', 'SHARDNUMSUB', KEYS[1])[2] > tonumber(ARGV[3]) then
+  if redis.call('PUBSUB', 'SHARDNUMSUB', KEYS[1])[2] > (tonumber(ARGV[3]) or 0) then
     return 2
   end
   return 1
