@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/rueidis"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -237,10 +238,9 @@ func connect(ctx context.Context, log *zap.Logger, opts cluster.Options, timeout
 
 // loadTable reads COMMAND and the server version from the upstream.
 func loadTable(ctx context.Context, pool *cluster.Pool, pol commands.Policy) (*commands.Table, string, error) {
-	rc := pool.Client()
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	reply, err := rc.Do(cctx, rc.B().Command().Build()).ToArray()
+	reply, err := pool.Control(cctx, func(c rueidis.Client) rueidis.Completed { return c.B().Command().Build() }).ToArray()
 	if err != nil {
 		return nil, "", fmt.Errorf("COMMAND: %w", err)
 	}
@@ -248,7 +248,7 @@ func loadTable(ctx context.Context, pool *cluster.Pool, pol commands.Policy) (*c
 	if err != nil {
 		return nil, "", err
 	}
-	info, err := rc.Do(cctx, rc.B().Info().Section("server").Build()).ToString()
+	info, err := pool.Control(cctx, func(c rueidis.Client) rueidis.Completed { return c.B().Info().Section("server").Build() }).ToString()
 	if err != nil {
 		return nil, "", fmt.Errorf("INFO server: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -212,6 +213,50 @@ func (p *Pool) Replicas(slot uint16) int {
 	}
 	return 0
 }
+
+// Control sends a keyless control command (CLUSTER SLOTS, COMMAND, INFO) to one node after
+// another, primaries first, until one answers, each given at most controlTry. The cluster
+// client would send it to whichever node comes first in its map, replicas included, so that
+// one stuck node could stall the start or every refresh until the upstream timeout.
+func (p *Pool) Control(ctx context.Context, cmd func(rueidis.Client) rueidis.Completed) rueidis.RedisResult {
+	nodes := p.rc.Nodes()
+	order := make([]string, 0, len(nodes))
+	for _, n := range p.Primaries() {
+		if _, ok := nodes[n.Addr]; ok && !slices.Contains(order, n.Addr) {
+			order = append(order, n.Addr)
+		}
+	}
+	rest := make([]string, 0, len(nodes))
+	for addr := range nodes {
+		if !slices.Contains(order, addr) {
+			rest = append(rest, addr)
+		}
+	}
+	slices.Sort(rest)
+	order = append(order, rest...)
+	if len(order) == 0 {
+		return p.rc.Do(ctx, cmd(p.rc))
+	}
+	try := controlTry
+	if p.opts.Timeout > 0 {
+		try = min(try, p.opts.Timeout)
+	}
+	var res rueidis.RedisResult
+	for _, addr := range order {
+		c := nodes[addr]
+		tctx, cancel := context.WithTimeout(ctx, try)
+		res = c.Do(tctx, cmd(c))
+		cancel()
+		err := res.Error()
+		if _, isReply := rueidis.IsRedisErr(err); err == nil || isReply || ctx.Err() != nil {
+			return res
+		}
+	}
+	return res
+}
+
+// controlTry bounds one node's answer to a control command before the next node is asked.
+const controlTry = 3 * time.Second
 
 // ReplicasChecked is Replicas for a caller that relies on the count (the lock commands'
 // acknowledgement): a slot of a cluster found without a replica asks for the topology to be
@@ -421,7 +466,7 @@ func (p *Pool) refresh(ctx context.Context) error {
 		p.primaries.Store(&[]*Node{n})
 		return nil
 	}
-	msg, err := p.rc.Do(ctx, p.rc.B().ClusterSlots().Build()).ToArray()
+	msg, err := p.Control(ctx, func(c rueidis.Client) rueidis.Completed { return c.B().ClusterSlots().Build() }).ToArray()
 	if err != nil {
 		return fmt.Errorf("CLUSTER SLOTS: %w", err)
 	}
