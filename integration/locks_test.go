@@ -255,6 +255,23 @@ func lkShard(t testing.TB, ctx context.Context, slot uint16) (primary lkNode, re
 	return primary, replicas
 }
 
+// lkHealthyShard returns the primary serving slot and a replica of it in sync. After a
+// failover test the cluster's view of the shard may lag by a gossip round: it waits until the
+// node asked lists a replica for the slot's primary.
+func lkHealthyShard(t testing.TB, ctx context.Context, slot uint16) (primary, replica lkNode) {
+	t.Helper()
+	primary, replicas := lkShard(t, ctx, slot)
+	for deadline := time.Now().Add(30 * time.Second); len(replicas) == 0 && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		primary, replicas = lkShard(t, ctx, slot)
+	}
+	if len(replicas) == 0 {
+		t.Fatalf("slot %d: primary %s has no replica", slot, primary.addr)
+	}
+	lkLinkUp(t, ctx, replicas[0].addr, time.Minute)
+	return primary, replicas[0]
+}
+
 func lkPrimaries(t testing.TB, ctx context.Context) []lkNode {
 	t.Helper()
 	var out []lkNode
@@ -1461,18 +1478,7 @@ func TestLockReplicaAck(t *testing.T) {
 	ctx := lkCtx(t, 3*time.Minute)
 	r := lkName(t, "r")
 	slot := cluster.SlotOf([]byte(r))
-	// After the failover test the cluster's view of the shard may lag by a gossip round:
-	// wait until the node we ask lists a replica for this slot's primary.
-	primary, replicas := lkShard(t, ctx, slot)
-	for deadline := time.Now().Add(30 * time.Second); len(replicas) == 0 && time.Now().Before(deadline); {
-		time.Sleep(100 * time.Millisecond)
-		primary, replicas = lkShard(t, ctx, slot)
-	}
-	if len(replicas) == 0 {
-		t.Fatalf("slot %d: primary %s has no replica", slot, primary.addr)
-	}
-	replica := replicas[0]
-	lkLinkUp(t, ctx, replica.addr, time.Minute)
+	primary, replica := lkHealthyShard(t, ctx, slot)
 	pc := lkDirect(t, primary.addr)
 	rc := lkDirect(t, replica.addr)
 	// The proxy starts once the shard is healthy, so that its first view of the topology
@@ -1584,16 +1590,7 @@ func TestLockReplicaRejoin(t *testing.T) {
 	ctx := lkCtx(t, 3*time.Minute)
 	r := lkName(t, "rejoin")
 	slot := cluster.SlotOf([]byte(r))
-	primary, replicas := lkShard(t, ctx, slot)
-	for deadline := time.Now().Add(30 * time.Second); len(replicas) == 0 && time.Now().Before(deadline); {
-		time.Sleep(100 * time.Millisecond)
-		primary, replicas = lkShard(t, ctx, slot)
-	}
-	if len(replicas) == 0 {
-		t.Fatalf("slot %d: primary %s has no replica", slot, primary.addr)
-	}
-	replica := replicas[0]
-	lkLinkUp(t, ctx, replica.addr, time.Minute)
+	primary, replica := lkHealthyShard(t, ctx, slot)
 	pc := lkDirect(t, primary.addr)
 	pid, err := strconv.Atoi(lkInfoField(ctx, lkDirect(t, replica.addr), "server", "process_id"))
 	if err != nil || pid <= 1 {
