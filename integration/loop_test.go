@@ -532,3 +532,46 @@ func TestLoopHandoffFairness(t *testing.T) {
 	}
 	t.Log("this proxy's waiter won the announced release; the other proxy's got the next")
 }
+
+// TestLoopManyWaiters: 300 clients queue for one lock on the loop; each release goes to the
+// next in line, in arrival order, every one handed over behind the UNLOCK, and none is lost.
+func TestLoopManyWaiters(t *testing.T) {
+	p := startProxy(t, nil, "--config", writeConfig(t, "locks:\n  replicas: 0\n"))
+	r := fmt.Sprintf("many:%d", time.Now().UnixNano())
+	holder := dialRaw(t, p.Addr)
+	holder.send(encode("LOCK", r, "PX", "30000", "TOKEN", "t-holder"))
+	if got, err := holder.reply(); got != bulk("t-holder") {
+		t.Fatalf("LOCK by the holder = %q, %v", got, err)
+	}
+	const n = 300
+	ws := make([]*rawConn, n)
+	for i := range ws {
+		ws[i] = dialRaw(t, p.Addr)
+		ws[i].send(encode("LOCK", r, "PX", "30000", "WAIT", "60000", "TOKEN", fmt.Sprintf("t%d", i)))
+		// Arrival order is queue order: the next one is sent once this one is queued.
+		waitFor(t, 5*time.Second, func() bool { return lockInfoWaiters(t, holder, r) == i+1 })
+	}
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	holder.send(encode("UNLOCK", r, "t-holder"))
+	if got, err := holder.reply(); got != ":1\r\n" {
+		t.Fatalf("UNLOCK by the holder = %q, %v", got, err)
+	}
+	for i, w := range ws {
+		tok := fmt.Sprintf("t%d", i)
+		if got, err := w.reply(); got != bulk(tok) {
+			t.Fatalf("waiter %d got %q, %v; want the lock in arrival order", i, got, err)
+		}
+		w.send(encode("UNLOCK", r, tok))
+		if got, err := w.reply(); got != ":1\r\n" {
+			t.Fatalf("UNLOCK by waiter %d = %q, %v", i, got, err)
+		}
+	}
+	t.Logf("%d handoffs in %v", n, time.Since(start).Round(time.Millisecond))
+	if v := proxyInfoField(t, p, "locks_handed_over"); v != strconv.Itoa(n) {
+		t.Errorf("locks_handed_over = %s, want %d", v, n)
+	}
+	if v := proxyInfoField(t, p, "locks_waiting_clients"); v != "0" {
+		t.Errorf("locks_waiting_clients = %s after every wait ended, want 0", v)
+	}
+}
