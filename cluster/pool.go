@@ -146,9 +146,6 @@ func New(ctx context.Context, opts Options) (*Pool, error) {
 	return p, nil
 }
 
-// Client is the rueidis client used for control-plane commands (topology, COMMAND, INFO).
-func (p *Pool) Client() rueidis.Client { return p.rc }
-
 // Standalone reports whether the upstream is a single non-cluster server.
 func (p *Pool) Standalone() bool { return p.standalone }
 

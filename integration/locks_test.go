@@ -1583,8 +1583,8 @@ func TestLockReplicaAck(t *testing.T) {
 }
 
 // TestLockReplicaRejoin: with locks.replicas auto, a proxy that saw a shard without a replica
-// notices the replica coming back within about a second (a slot found without a replica asks
-// for the topology to be re-read), not at its next periodic refresh (an hour here): from then on
+// notices the replica coming back within seconds (a slot found without a replica asks for the
+// topology to be re-read), not at its next periodic refresh (an hour here): from then on
 // acquisitions in that shard are acknowledged again.
 func TestLockReplicaRejoin(t *testing.T) {
 	ctx := lkCtx(t, 3*time.Minute)
