@@ -88,6 +88,7 @@ type config struct {
 	proxyClient   string
 	directWait    bool
 	sharedCell    bool
+	connCell      bool
 	opTimeout     time.Duration
 	out           string
 	profile       string
@@ -119,6 +120,8 @@ func parseFlags(argv []string) (config, error) {
 	fs.BoolVar(&c.directWait, "direct-wait", true, "also run the direct+WAIT cell (lock script + WAIT 1 on a dedicated connection)")
 	fs.BoolVar(&c.sharedCell, "shared-cell", true, "also run the proxy r0 cell with one rueidis client shared by all goroutines "+
 		"(auto-pipelined, as a Go app would use rueidis against a standalone server)")
+	fs.BoolVar(&c.connCell, "conn-cell", true, "also run the direct cell with a rueidis cluster client per goroutine "+
+		"(one connection per node each, no auto-pipelining across goroutines): the proxy cells' client shape without a proxy")
 	fs.IntVar(&c.replicaWaitMS, "replica-timeout-ms", 200, "WAIT timeout of the direct+WAIT cell (the proxy's locks.replica-timeout default)")
 	fs.DurationVar(&c.opTimeout, "op-timeout", 15*time.Second, "bound on one command (above the contended WAIT of 10 s)")
 	fs.StringVar(&c.out, "out", "", "also write the markdown report to this file")
@@ -229,6 +232,8 @@ type directClient struct {
 	waitReplicas int
 	waitMS       int
 	keyBuf       []byte
+	// own: the client is this directClient's alone (the per-client cell), closed with it.
+	own bool
 }
 
 func (d *directClient) keys(res string) (lockKey, fenceKey string) {
@@ -299,7 +304,11 @@ func (d *directClient) unlock(ctx context.Context, res, token string) (bool, err
 	return n == 1, err
 }
 
-func (d *directClient) close() {}
+func (d *directClient) close() {
+	if d.own {
+		d.c.Close()
+	}
+}
 
 // rueidisProxy is one client of the proxy: a rueidis standalone client on one connection.
 type rueidisProxy struct {
@@ -410,6 +419,9 @@ const (
 	cellProxy0
 	cellProxyAuto
 	cellProxy0Shared // one rueidis client shared by every goroutine: auto-pipelined
+	// cellDirectConn: the direct scripts, but every goroutine has a rueidis cluster client of
+	// its own (one connection per node): the proxy cells' client shape without the proxy.
+	cellDirectConn
 )
 
 type cell struct {
@@ -429,11 +441,18 @@ type env struct {
 func (e *env) newClient(cl cell, i int) (lockClient, error) {
 	ttl := strconv.Itoa(e.c.ttlMS)
 	switch cl.kind {
-	case cellDirect, cellDirectWait:
+	case cellDirect, cellDirectWait, cellDirectConn:
 		d := &directClient{c: e.direct, prefix: e.c.keyPrefix, ttl: ttl, tokens: newTokenSource(e.run, i),
 			lockLua: rueidis.NewLuaScript(commands.ScriptLock.Body), unlockLua: rueidis.NewLuaScript(commands.ScriptUnlock.Body)}
 		if cl.kind == cellDirectWait {
 			d.waitReplicas, d.waitMS = 1, e.c.replicaWaitMS
+		}
+		if cl.kind == cellDirectConn {
+			c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: e.c.seeds, DisableCache: true})
+			if err != nil {
+				return nil, err
+			}
+			d.c, d.own = c, true
 		}
 		return d, nil
 	default:
@@ -876,6 +895,9 @@ func run(ctx context.Context, argv []string) error {
 	if c.directWait {
 		cells = append(cells, cell{name: "direct+WAIT", kind: cellDirectWait})
 	}
+	if c.connCell {
+		cells = append(cells, cell{name: "direct per-client", kind: cellDirectConn})
+	}
 	cells = append(cells, cell{name: "proxy r0", kind: cellProxy0, px: px0}, cell{name: "proxy auto", kind: cellProxyAuto, px: pxAuto})
 	if c.sharedCell {
 		cells = append(cells, cell{name: "proxy r0 shared", kind: cellProxy0Shared, px: px0})
@@ -1043,7 +1065,8 @@ func buildReport(c config, argv []string, topo string, px *benchkit.Proxy, cells
 	w("- proxy: %s (%s), started twice with `%s` plus a config file setting `locks.replicas` to 0 and to auto\n",
 		c.proxyBin, benchkit.ProxyBuild(c.proxyBin), benchkit.ShellQuote(px.Args[2:])) // without --config FILE
 	w("- cluster: %s, seeds %s; shared with other users, so numbers are noisy\n", topo, c.upstream)
-	w("- lockbench: %s; direct client rueidis v1.0.79 cluster client (default options, DisableCache) shared by all goroutines\n", runtime.Version())
+	w("- lockbench: %s; direct client rueidis v1.0.79 cluster client (default options, DisableCache) shared by all goroutines; "+
+		"\"direct per-client\": the same, but one cluster client (a connection per node) per goroutine, as the proxy cells' clients have\n", runtime.Version())
 	w("- proxy clients: %s\n", clientDesc)
 	w("- throughput cells: %d clients, %s each, %d rounds (order reversed every other round), resources drawn from %d, TTL %d ms; medians over rounds\n",
 		c.clients, c.duration, c.rounds, c.resources, c.ttlMS)
