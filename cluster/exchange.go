@@ -280,7 +280,15 @@ func (p *Pool) followRedirects(ex *Exchange) {
 				// Past the hop limit, or pointing back at the node that answered, a redirect
 				// is not followed.
 				if moves <= p.opts.MaxRedirects+10 {
-					if target = p.primaryAt(rd.addr); target != nil && target.Addr == from {
+					if rd.ask {
+						// ASK names the node importing the slot, which may own no slot yet
+						// (a new shard being filled): CLUSTER SLOTS does not list it, so the
+						// address is followed as given, for this one command.
+						target = p.node(rd.addr)
+					} else {
+						target = p.primaryAt(rd.addr)
+					}
+					if target != nil && target.Addr == from {
 						target = nil
 					}
 				}
