@@ -600,12 +600,12 @@ func (l *loop) dispatch(c *lclient, cmds []resp.Command) int {
 		errText := ""
 		if d.act == actSend {
 			nd, errText = l.route(d.slot, acks > 0 || d.lk != nil && d.lk.viaAck)
-			if e2 := pool.Epoch(); e2 != e {
-				if c.inflight > 0 {
-					return i // the map moved while this command was routed
-				}
-				e = e2
+			if c.inflight > 0 && pool.Epoch() != e {
+				return i // the map moved while this command was routed
 			}
+			// With nothing in flight the command goes, but c.epoch below keeps the epoch read
+			// before routing: if the map moved meanwhile, the route may be the old one, and
+			// the client's next command must not overtake this one on the new.
 		}
 		if c.inflight == 0 {
 			c.epoch = e
