@@ -186,3 +186,39 @@ func TestSlowSubscriber(t *testing.T) {
 	}
 	_ = fmt.Sprint()
 }
+
+// TestPubSubRefused: a (S)SUBSCRIBE the server refuses (here NOPERM: the proxy's upstream user
+// may only use channels "allowed:*") is answered with the server's error at once, and the
+// connection stays usable and out of subscribed mode.
+func TestPubSubRefused(t *testing.T) {
+	ctx := ctxT(t)
+	const user, pw = "vlp-pubsub-limited", "limited-pw"
+	for _, a := range clusterAddrs {
+		c := redis.NewClient(&redis.Options{Addr: a, Protocol: 2})
+		if err := c.Do(ctx, "ACL", "SETUSER", user, "reset", "on", ">"+pw, "~*", "&allowed:*", "+@all").Err(); err != nil {
+			t.Fatalf("ACL SETUSER on %s: %v", a, err)
+		}
+		t.Cleanup(func() {
+			_ = c.Do(context.Background(), "ACL", "DELUSER", user).Err()
+			_ = c.Close()
+		})
+	}
+	t.Setenv("VLP_TEST_LIMITED_PW", pw)
+	p := startProxy(t, nil, "--config", writeConfig(t, "upstream:\n  username: "+user+"\n  password-env: VLP_TEST_LIMITED_PW\n"))
+	rc := dialRaw(t, p.Addr)
+	for _, cmd := range [][]string{{"SSUBSCRIBE", "denied:{x}"}, {"SUBSCRIBE", "denied:plain"}} {
+		rc.send(encode(cmd...))
+		got, err := rc.reply()
+		if err != nil || !strings.HasPrefix(got, "-NOPERM") {
+			t.Fatalf("%s of a denied channel = %q, %v; want the server's NOPERM error", cmd[0], got, err)
+		}
+		rc.send(encode("PING"))
+		if got, err := rc.reply(); err != nil || got != "+PONG\r\n" {
+			t.Fatalf("PING after a refused %s = %q, %v; want +PONG (not in subscribed mode)", cmd[0], got, err)
+		}
+	}
+	rc.send(encode("SSUBSCRIBE", "allowed:{x}"))
+	if got, err := rc.reply(); err != nil || got != "*3\r\n$10\r\nssubscribe\r\n$11\r\nallowed:{x}\r\n:1\r\n" {
+		t.Fatalf("SSUBSCRIBE of an allowed channel = %q, %v", got, err)
+	}
+}

@@ -15,6 +15,7 @@ const (
 	errHelloProto      = "ERR Protocol version is not an integer or out of range"
 	errNoSlot          = "CLUSTERDOWN Hash slot not served"
 	errLockKeys        = "ERR lock keys are managed by LOCK/UNLOCK"
+	errChannelMoved    = "TRYAGAIN the channel's slot moved; the proxy is re-reading the cluster topology"
 )
 
 func errDenied(name string) string {

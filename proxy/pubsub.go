@@ -29,8 +29,11 @@ type pubsubState struct {
 	patterns map[string]struct{}
 	sharded  map[string]struct{}
 	acks     chan struct{} // one per confirmation forwarded
-	wg       sync.WaitGroup
-	closing  atomic.Bool
+	// refused: one per (un)subscribe the server answered with an error, already written to
+	// the client as that command's reply; it ends the wait for confirmations.
+	refused chan struct{}
+	wg      sync.WaitGroup
+	closing atomic.Bool
 }
 
 func errSubscribedContext(name string) string {
@@ -99,7 +102,8 @@ func (c *client) runPubSub() []byte {
 	s := c.sync
 	if c.ps == nil {
 		c.ps = &pubsubState{c: c, shards: map[*cluster.Node]*cluster.Conn{}, channels: map[string]struct{}{},
-			patterns: map[string]struct{}{}, sharded: map[string]struct{}{}, acks: make(chan struct{}, 1024)}
+			patterns: map[string]struct{}{}, sharded: map[string]struct{}{}, acks: make(chan struct{}, 1024),
+			refused: make(chan struct{}, 64)}
 	}
 	ps := c.ps
 	names := s.args[1:]
@@ -197,9 +201,11 @@ func (c *client) runPubSub() []byte {
 func (c *client) awaitAcks(n int) []byte {
 	timeout := time.NewTimer(10 * time.Second)
 	defer timeout.Stop()
-	for range n {
+	for ; n > 0; n-- {
 		select {
 		case <-c.ps.acks:
+		case <-c.ps.refused:
+			n = 0
 		case <-timeout.C:
 			c.s.log.Warn("pubsub: confirmation timed out")
 			return nil
@@ -250,6 +256,22 @@ func (ps *pubsubState) forward(conn *cluster.Conn) {
 			}
 			return
 		}
+		if len(reply) > 0 && reply[0] == '-' {
+			// The server refused an (un)subscribe: NOPERM, or MOVED for a shard channel whose
+			// slot moved before the proxy's map did. The error is the command's reply.
+			if cluster.IsRedirect(reply) {
+				go ps.c.s.pool.RefreshNow()
+				reply = redcon.AppendError(nil, errChannelMoved)
+			}
+			if !ps.write(reply) {
+				return
+			}
+			select {
+			case ps.refused <- struct{}{}:
+			default:
+			}
+			continue
+		}
 		elems, _ = cluster.ArrayElems(reply, elems[:0])
 		if len(elems) < 3 {
 			continue
@@ -261,14 +283,7 @@ func (ps *pubsubState) forward(conn *cluster.Conn) {
 			out = ps.confirmation(string(kind), cluster.BulkValue(elems[1]))
 			confirm = true
 		}
-		ps.wmu.Lock()
-		_ = ps.c.conn.SetWriteDeadline(time.Now().Add(ps.c.s.opts.SlowClientTimeout))
-		_, werr := ps.c.conn.Write(out)
-		_ = ps.c.conn.SetWriteDeadline(time.Time{})
-		ps.wmu.Unlock()
-		if werr != nil {
-			// A subscriber that stopped reading: drop it rather than buffer for it.
-			_ = ps.c.conn.Close()
+		if !ps.write(out) {
 			return
 		}
 		if confirm {
@@ -278,6 +293,21 @@ func (ps *pubsubState) forward(conn *cluster.Conn) {
 			}
 		}
 	}
+}
+
+// write sends b to the client; a subscriber that stopped reading is dropped rather than
+// buffered for, and write reports false.
+func (ps *pubsubState) write(b []byte) bool {
+	ps.wmu.Lock()
+	_ = ps.c.conn.SetWriteDeadline(time.Now().Add(ps.c.s.opts.SlowClientTimeout))
+	_, werr := ps.c.conn.Write(b)
+	_ = ps.c.conn.SetWriteDeadline(time.Time{})
+	ps.wmu.Unlock()
+	if werr != nil {
+		_ = ps.c.conn.Close()
+		return false
+	}
+	return true
 }
 
 // confirmation updates the client's subscription sets and re-encodes a (un)subscribe reply
