@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -24,6 +25,7 @@ type Subscriber struct {
 	// back: those confirmations are ours, not the server dropping a newer subscription.
 	ownUnsub map[string]int
 	stop     chan struct{}
+	closed   bool // Close has begun: nothing new is dialled or subscribed
 	wg       sync.WaitGroup
 }
 
@@ -66,10 +68,50 @@ func (s *Subscriber) Subscribe(channel string, slot uint16) <-chan struct{} {
 		s.channels[channel] = sub
 	}
 	sub.refs++
-	if sub.on == nil {
-		s.bindLocked(channel, sub)
+	if sub.on == nil && !s.closed {
+		if n := s.pool.slots[slot].Load(); n != nil && s.conns[n] == nil {
+			// Dial without the lock: a node that does not answer must not hold up
+			// subscriptions on the others. The reference taken above keeps sub alive.
+			s.mu.Unlock()
+			s.connect(n)
+			s.mu.Lock()
+		}
+		if sub.on == nil && !s.closed {
+			s.bindLocked(channel, sub)
+		}
 	}
 	return sub.ready
+}
+
+// connect dials the subscription connection to n, unless one exists by the time it is up.
+// Called without s.mu.
+func (s *Subscriber) connect(n *Node) {
+	conn, err := s.pool.dial(n.Addr)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		s.pool.log.Debug("subscriber: dial failed", zap.String("node", n.Addr), zap.Error(err))
+		return
+	}
+	if s.closed || s.conns[n] != nil {
+		_ = conn.Close()
+		return
+	}
+	sc := &subConn{node: n, conn: conn}
+	s.conns[n] = sc
+	s.wg.Add(1)
+	go s.readLoop(sc)
+}
+
+// unbindLocked notes that sub is no longer subscribed anywhere: until a new subscription is
+// confirmed, waiters must not count on it.
+func (s *Subscriber) unbindLocked(sub *subscription) {
+	sub.on = nil
+	select {
+	case <-sub.ready:
+		sub.ready = make(chan struct{})
+	default:
+	}
 }
 
 // Unsubscribe drops a reference, unsubscribing with the last one.
@@ -144,7 +186,8 @@ func (s *Subscriber) TryUnref(channel string) bool {
 	return true
 }
 
-// bindLocked subscribes channel on the connection to its slot's primary.
+// bindLocked subscribes channel on the connection to its slot's primary, if that connection
+// is up (connect makes it; the repair loop binds what is left).
 func (s *Subscriber) bindLocked(channel string, sub *subscription) {
 	n := s.pool.slots[sub.slot].Load()
 	if n == nil {
@@ -152,15 +195,7 @@ func (s *Subscriber) bindLocked(channel string, sub *subscription) {
 	}
 	sc := s.conns[n]
 	if sc == nil {
-		conn, err := s.pool.dial(n.Addr)
-		if err != nil {
-			s.pool.log.Debug("subscriber: dial failed", zap.String("node", n.Addr), zap.Error(err))
-			return
-		}
-		sc = &subConn{node: n, conn: conn}
-		s.conns[n] = sc
-		s.wg.Add(1)
-		go s.readLoop(sc)
+		return
 	}
 	if s.writeLocked(sc, "SSUBSCRIBE", channel) {
 		sub.on = sc
@@ -200,6 +235,10 @@ func (s *Subscriber) readLoop(sc *subConn) {
 			}
 			if l == 0 {
 				break
+			}
+			if buf[r] == '-' {
+				// An SSUBSCRIBE refused: MOVED when the map was stale. Which one is not said.
+				s.refused(sc, isRedirect(buf[r:r+l]))
 			}
 			elems, _ = ArrayElems(buf[r:r+l], elems[:0])
 			if len(elems) >= 3 {
@@ -242,7 +281,7 @@ func (s *Subscriber) readLoop(sc *subConn) {
 	}
 	for _, sub := range s.channels {
 		if sub.on == sc {
-			sub.on = nil
+			s.unbindLocked(sub)
 		}
 	}
 	// Confirmations that will never come: forget them.
@@ -275,7 +314,28 @@ func (s *Subscriber) unbound(sc *subConn, channel string) {
 		return
 	}
 	if sub := s.channels[channel]; sub != nil && sub.on == sc {
-		sub.on = nil
+		s.unbindLocked(sub)
+	}
+	s.mu.Unlock()
+}
+
+// refused handles an error reply on sc: every subscription on it not yet confirmed is made
+// again by the repair loop (an SSUBSCRIBE repeated on the same connection is harmless), after
+// a re-read of the slot map when the error was a redirect.
+func (s *Subscriber) refused(sc *subConn, redirect bool) {
+	if redirect {
+		s.pool.requestRefresh()
+	}
+	s.mu.Lock()
+	for _, sub := range s.channels {
+		if sub.on != sc {
+			continue
+		}
+		select {
+		case <-sub.ready:
+		default:
+			sub.on = nil
+		}
 	}
 	s.mu.Unlock()
 }
@@ -291,17 +351,39 @@ func (s *Subscriber) repairLoop() {
 			return
 		case <-t.C:
 		}
-		s.mu.Lock()
-		for ch, sub := range s.channels {
-			if sub.on != nil && s.pool.slots[sub.slot].Load() != sub.on.node {
-				s.writeLocked(sub.on, "SUNSUBSCRIBE", ch)
-				sub.on = nil
+		// Bind what can be bound; dial each missing node once, without the lock; then bind
+		// what those connections serve.
+		for pass := 0; pass < 2; pass++ {
+			var dial []*Node
+			s.mu.Lock()
+			if s.closed {
+				s.mu.Unlock()
+				return
 			}
-			if sub.on == nil {
+			for ch, sub := range s.channels {
+				if sub.on != nil && s.pool.slots[sub.slot].Load() != sub.on.node {
+					s.writeLocked(sub.on, "SUNSUBSCRIBE", ch)
+					s.unbindLocked(sub)
+				}
+				if sub.on != nil {
+					continue
+				}
+				if n := s.pool.slots[sub.slot].Load(); n != nil && s.conns[n] == nil {
+					if !slices.Contains(dial, n) {
+						dial = append(dial, n)
+					}
+					continue
+				}
 				s.bindLocked(ch, sub)
 			}
+			s.mu.Unlock()
+			if len(dial) == 0 || pass == 1 {
+				break
+			}
+			for _, n := range dial {
+				s.connect(n)
+			}
 		}
-		s.mu.Unlock()
 	}
 }
 
@@ -309,6 +391,7 @@ func (s *Subscriber) repairLoop() {
 func (s *Subscriber) Close() {
 	close(s.stop)
 	s.mu.Lock()
+	s.closed = true
 	for _, sc := range s.conns {
 		_ = sc.conn.Close()
 	}
