@@ -1539,7 +1539,16 @@ func TestLockReplicaAck(t *testing.T) {
 	d := time.Since(t0)
 	key := "lock:{" + r + "}"
 	left, getErr := pc.Get(ctx, key).Result()
+	// With the client's own token the lock stays: the proxy cannot tell this acquisition from
+	// a retry with the same token on another connection, which deleting it would betray.
+	own := "own-" + lkRand(6)
+	_, ownErr := c.Do(ctx, "LOCK", r, "PX", 10000, "TOKEN", own).Text()
+	ownLeft, _ := pc.Get(ctx, key).Result()
 	cont()
+	if ownErr == nil || ownErr.Error() != lkNoReplicas || ownLeft != own {
+		t.Errorf("LOCK TOKEN with the replica paused = %v, lock left %q; want %q and the lock kept with %q", ownErr, ownLeft, lkNoReplicas, own)
+	}
+	lkUnlock(t, ctx, c, r, own)
 	t.Logf("LOCK with the replica paused answered %q / %v after %s (replica-timeout 200ms)", v, err, lkMs(d))
 	if err == nil || err.Error() != lkNoReplicas {
 		t.Errorf("LOCK with the replica paused = %q, %v; want %q", v, err, lkNoReplicas)
@@ -1550,8 +1559,8 @@ func TestLockReplicaAck(t *testing.T) {
 	if !errors.Is(getErr, redis.Nil) {
 		t.Errorf("direct GET %s on the primary after NOREPLICAS = %q, %v; want nil (no lock left behind)", key, left, getErr)
 	}
-	if v := lkInfoField(ctx, c, "proxy", "locks_noreplicas"); v != "1" {
-		t.Errorf("INFO proxy locks_noreplicas = %q; want 1", v)
+	if v := lkInfoField(ctx, c, "proxy", "locks_noreplicas"); v != "2" {
+		t.Errorf("INFO proxy locks_noreplicas = %q; want 2", v)
 	}
 	lkLinkUp(t, ctx, replica.addr, time.Minute)
 	lkUntil(t, 20*time.Second, 50*time.Millisecond, "LOCK to succeed again with the replica back", func() bool {
@@ -2367,5 +2376,47 @@ func TestLockScriptFlushKeepsPipelineOrder(t *testing.T) {
 		}
 		_ = rc.c.Close()
 		c.Del(ctx, r)
+	}
+}
+
+// TestLockHolderRetakesPastWaiters: the holder re-taking its lock with LOCK ... WAIT ... TOKEN
+// (a retry after a lost reply) succeeds at once, although other clients of the proxy queue for
+// the lock: it must not wait behind clients that wait for it. On the event loop and on the
+// goroutine front end.
+func TestLockHolderRetakesPastWaiters(t *testing.T) {
+	for name, yaml := range map[string]string{"loop": lkConfig, "goroutines": lkConfig + "event-loops: 0\n"} {
+		t.Run(name, func(t *testing.T) {
+			ctx := lkCtx(t, time.Minute)
+			p := lkProxy(t, yaml)
+			r := lkName(t, "retake")
+			a, a2, b := lkClient(t, p.Addr, 1), lkClient(t, p.Addr, 1), lkClient(t, p.Addr, 1)
+			tok := "holder-" + lkRand(6)
+			if v, err := a.Do(ctx, "LOCK", r, "PX", 10000, "TOKEN", tok).Text(); err != nil || v != tok {
+				t.Fatalf("LOCK TOKEN = %q, %v", v, err)
+			}
+			got := make(chan string, 1)
+			go func() {
+				v, err := b.Do(ctx, "LOCK", r, "PX", 10000, "WAIT", 20000).Text()
+				if err != nil {
+					v = "error: " + err.Error()
+				}
+				got <- v
+			}()
+			lkWaiters(t, ctx, a, r, 1)
+			if v, err := a2.Do(ctx, "LOCK", r, "PX", 10000, "WAIT", 3000, "TOKEN", tok).Text(); err != nil || v != tok {
+				t.Fatalf("the holder's LOCK WAIT TOKEN with a waiter queued = %q, %v; want %q", v, err, tok)
+			}
+			lkWaiters(t, ctx, a, r, 1) // the waiter still waits
+			lkUnlock(t, ctx, a, r, tok)
+			select {
+			case v := <-got:
+				if !lkTokenRe.MatchString(v) {
+					t.Fatalf("the waiter's LOCK WAIT = %q; want a token", v)
+				}
+				lkUnlock(t, ctx, b, r, v)
+			case <-ctx.Done():
+				t.Fatal("the waiter did not get the lock after the release")
+			}
+		})
 	}
 }

@@ -337,9 +337,11 @@ func (c *client) planLockCommand(name string, args [][]byte) (barrier bool) {
 			keys: [][]byte{key, commands.FenceKey(nil, m.opts.KeyPrefix, slot)},
 			args: [][]byte{[]byte(token), strconv.AppendInt(nil, req.TTL.Milliseconds(), 10), []byte(fence)},
 			acks: m.replicasFor(c.s.pool, slot)}
-		if req.Wait > 0 && m.waiters(ls.key) > 0 {
+		if req.Wait > 0 && req.Token == nil && m.waiters(ls.key) > 0 {
 			// Clients of this proxy already wait for it: queue behind them, first come first
-			// served, instead of racing them for the next release.
+			// served, instead of racing them for the next release. Not with TOKEN: that may
+			// be the holder re-taking its own lock, which must not wait for those waiting
+			// for it.
 			ls.call = -1
 			ls.step = len(c.steps)
 			c.steps = append(c.steps, step{kind: stepLock, a: len(c.lk.steps)})
@@ -560,7 +562,7 @@ func (c *client) lockAcquired(out []byte, ls *lockStep, acked int, fence int64) 
 // noReplicas gives back a lock too few replicas acknowledged, before anyone relies on it.
 func (c *client) noReplicas(out []byte, ls *lockStep) []byte {
 	c.s.locks.noReplicas.Add(1)
-	c.unlockNow(ls.key, ls.slot, ls.token)
+	c.giveBack(ls)
 	return redcon.AppendError(out, "NOREPLICAS Not enough replicas acknowledged the lock")
 }
 
@@ -573,6 +575,17 @@ func (c *client) released(key, token string, handed bool) {
 		c.s.locks.handedOver.Add(1)
 	} else {
 		c.s.locks.announced(key)
+	}
+}
+
+// giveBack releases a lock an acquisition took that its client must not rely on (NOREPLICAS,
+// a waiter that has gone). Only a token the proxy generated: a client's own token (TOKEN) may
+// be re-taking the lock by now on another connection, as a retry after a timeout does, and
+// deleting it would leave that retry believing it holds a lock that is free. Such a lock stays
+// with its token, for the client to UNLOCK or retry, or until its TTL.
+func (c *client) giveBack(ls *lockStep) {
+	if ls.req.Token == nil {
+		c.unlockNow(ls.key, ls.slot, ls.token)
 	}
 }
 
@@ -648,7 +661,7 @@ func (c *client) waitForLock(ls *lockStep, pttl int64, started time.Time) []byte
 				select {
 				case <-gone:
 					// Taken for a client that has left: never leave it held.
-					c.unlockNow(ls.key, ls.slot, ls.token)
+					c.giveBack(ls)
 					return nil
 				default:
 				}

@@ -179,6 +179,8 @@ func (l *loop) tryWait(lw *loopWait) {
 		return
 	}
 	if !lw.ready {
+		// Still subscribing: it tries once subscribed; until then only WAIT's end is due.
+		l.schedule(lw, lw.deadline)
 		return
 	}
 	if !l.s.locks.isHead(lw.ls.key, lw.w) {
@@ -337,8 +339,10 @@ func (l *loop) orphaned(req nodeReq, reply []byte) {
 		return
 	}
 	if got, _, good := parseLockReply(reply); good && got {
-		cl := req.c.c
-		go cl.unlockNow(lk.key, lk.slot, lk.token)
+		if lk.req.Token == nil { // see giveBack
+			cl, key, slot, token := req.c.c, lk.key, lk.slot, lk.token
+			go cl.unlockNow(key, slot, token)
+		}
 	}
 }
 
