@@ -1572,6 +1572,38 @@ func TestLockReplicaAck(t *testing.T) {
 		return true
 	})
 
+	// (b2) The same for a waiter's later attempt on the event loop: a release handed to a
+	// LOCK WAIT TOKEN while the replica is paused answers NOREPLICAS and keeps the lock.
+	hold := lkLock(t, ctx, c, r, "PX", 10000)
+	waiter := lkClient(t, p.Addr, 1)
+	own2 := "own2-" + lkRand(6)
+	waited := make(chan error, 1)
+	go func() {
+		_, err := waiter.Do(ctx, "LOCK", r, "PX", 10000, "WAIT", 20000, "TOKEN", own2).Text()
+		waited <- err
+	}()
+	lkWaiters(t, ctx, c, r, 1)
+	var resume3 sync.Once
+	cont3 := func() { resume3.Do(func() { _ = syscall.Kill(pid, syscall.SIGCONT) }) }
+	t.Cleanup(cont3)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP replica %s (pid %d): %v", replica.addr, pid, err)
+	}
+	lkUnlock(t, ctx, c, r, hold)
+	var waitErr error
+	select {
+	case waitErr = <-waited:
+	case <-ctx.Done():
+		t.Fatal("the waiter's LOCK WAIT TOKEN got no reply")
+	}
+	kept, _ := pc.Get(ctx, key).Result()
+	cont3()
+	if waitErr == nil || waitErr.Error() != lkNoReplicas || kept != own2 {
+		t.Errorf("LOCK WAIT TOKEN handed the lock with the replica paused = %v, lock left %q; want %q and the lock kept with %q", waitErr, kept, lkNoReplicas, own2)
+	}
+	lkUnlock(t, ctx, c, r, own2)
+	lkLinkUp(t, ctx, replica.addr, time.Minute)
+
 	// (c) A client that is gone before the acknowledgement is counted still has its
 	// unacknowledged lock released.
 	var resume2 sync.Once

@@ -305,6 +305,9 @@ type lockStep struct {
 	// handed: an UNLOCK that carries the head waiter's attempt right behind it (event loop);
 	// viaAck: it goes on the acknowledged connection, as that attempt needs replicas.
 	handed, viaAck bool
+	// ownToken: a LOCK with the client's own token (TOKEN), which the proxy never gives back
+	// (req.Token itself is cleared once the request's buffer is gone).
+	ownToken bool
 }
 
 // planLockCommand parses a lock command and plans its script call. It reports whether the
@@ -334,9 +337,10 @@ func (c *client) planLockCommand(name string, args [][]byte) (barrier bool) {
 			fence = "1"
 		}
 		ls := lockStep{kind: lkLock, script: commands.ScriptLock, slot: slot, key: string(key), token: token, req: req,
-			keys: [][]byte{key, commands.FenceKey(nil, m.opts.KeyPrefix, slot)},
-			args: [][]byte{[]byte(token), strconv.AppendInt(nil, req.TTL.Milliseconds(), 10), []byte(fence)},
-			acks: m.replicasFor(c.s.pool, slot)}
+			ownToken: req.Token != nil,
+			keys:     [][]byte{key, commands.FenceKey(nil, m.opts.KeyPrefix, slot)},
+			args:     [][]byte{[]byte(token), strconv.AppendInt(nil, req.TTL.Milliseconds(), 10), []byte(fence)},
+			acks:     m.replicasFor(c.s.pool, slot)}
 		if req.Wait > 0 && req.Token == nil && m.waiters(ls.key) > 0 {
 			// Clients of this proxy already wait for it: queue behind them, first come first
 			// served, instead of racing them for the next release. Not with TOKEN: that may
@@ -584,7 +588,7 @@ func (c *client) released(key, token string, handed bool) {
 // deleting it would leave that retry believing it holds a lock that is free. Such a lock stays
 // with its token, for the client to UNLOCK or retry, or until its TTL.
 func (c *client) giveBack(ls *lockStep) {
-	if ls.req.Token == nil {
+	if !ls.ownToken {
 		c.unlockNow(ls.key, ls.slot, ls.token)
 	}
 }

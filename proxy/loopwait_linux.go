@@ -339,7 +339,7 @@ func (l *loop) orphaned(req nodeReq, reply []byte) {
 		return
 	}
 	if got, _, good := parseLockReply(reply); good && got {
-		if lk.req.Token == nil { // see giveBack
+		if !lk.ownToken { // see giveBack
 			cl, key, slot, token := req.c.c, lk.key, lk.slot, lk.token
 			go cl.unlockNow(key, slot, token)
 		}
