@@ -2,10 +2,16 @@ package cluster
 
 import (
 	"bytes"
+	"context"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/redis/rueidis"
+	"go.uber.org/zap"
 )
 
 // Call is one command for the upstream.
@@ -282,9 +288,8 @@ func (p *Pool) followRedirects(ex *Exchange) {
 				if moves <= p.opts.MaxRedirects+10 {
 					if rd.ask {
 						// ASK names the node importing the slot, which may own no slot yet
-						// (a new shard being filled): CLUSTER SLOTS does not list it, so the
-						// address is followed as given, for this one command.
-						target = p.node(rd.addr)
+						// (a new shard being filled) and so is missing from CLUSTER SLOTS.
+						target = p.askTarget(rd, c.Slot)
 					} else {
 						target = p.primaryAt(rd.addr)
 					}
@@ -327,6 +332,69 @@ func (p *Pool) followRedirects(ex *Exchange) {
 			}
 		}
 	}
+}
+
+// askTarget returns the node an ASK for slot names: a primary of the slot map, or a primary
+// CLUSTER NODES lists (one importing its first slot owns none yet). Anything else, or an ASK
+// for another slot, is not followed: a script can return an ASK-shaped error naming any
+// address, and the proxy must not take its credentials there.
+func (p *Pool) askTarget(rd redirect, slot uint16) *Node {
+	if rd.slot != slot {
+		return nil
+	}
+	for _, n := range p.Primaries() {
+		if n.Addr == rd.addr {
+			return n
+		}
+	}
+	if p.isMember(rd.addr) {
+		return p.node(rd.addr)
+	}
+	return nil
+}
+
+// isMember reports whether CLUSTER NODES lists a primary at addr. A miss re-reads it, at most
+// once a second.
+func (p *Pool) isMember(addr string) bool {
+	p.membersMu.Lock()
+	defer p.membersMu.Unlock()
+	if p.members[addr] {
+		return true
+	}
+	if p.standalone || time.Since(p.membersRead) < time.Second {
+		return false
+	}
+	p.membersRead = time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*controlTry)
+	defer cancel()
+	out, err := p.Control(ctx, func(c rueidis.Client) rueidis.Completed { return c.B().ClusterNodes().Build() }).ToString()
+	if err != nil {
+		p.log.Debug("CLUSTER NODES", zap.Error(err))
+		return false
+	}
+	p.members = clusterNodesPrimaries(out)
+	return p.members[addr]
+}
+
+// clusterNodesPrimaries returns the addresses of the healthy primaries in a CLUSTER NODES
+// reply: lines "<id> <host:port@cport[,hostname]> <flags> ...".
+func clusterNodesPrimaries(out string) map[string]bool {
+	m := map[string]bool{}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			continue
+		}
+		addr, _, _ := strings.Cut(f[1], "@")
+		flags := strings.Split(f[2], ",")
+		bad := slices.ContainsFunc(flags, func(f string) bool {
+			return f == "fail" || f == "fail?" || f == "handshake" || f == "noaddr"
+		})
+		if slices.Contains(flags, "master") && !bad && addr != "" && !strings.HasPrefix(addr, ":") {
+			m[addr] = true
+		}
+	}
+	return m
 }
 
 // primaryAt returns the primary listening at addr, refreshing the topology once if none is

@@ -63,6 +63,12 @@ type Pool struct {
 	syncMu   sync.Mutex
 	lastSync time.Time
 
+	// members: addresses of the primaries CLUSTER NODES lists, slotless ones included (an ASK
+	// may name one), read at most once a second on a miss.
+	membersMu   sync.Mutex
+	members     map[string]bool
+	membersRead time.Time
+
 	mu    sync.Mutex
 	nodes map[string]*Node
 	acks  map[*Node][]*Node
