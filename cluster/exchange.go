@@ -290,7 +290,7 @@ func (p *Pool) followRedirects(ex *Exchange) {
 						// ASK names the node importing the slot, which may own no slot yet
 						// (a new shard being filled) and so is missing from CLUSTER SLOTS.
 						target = p.askTarget(rd, c.Slot)
-					} else {
+					} else if rd.slot == c.Slot {
 						target = p.primaryAt(rd.addr)
 					}
 					if target != nil && target.Addr == from {
