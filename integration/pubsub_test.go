@@ -222,3 +222,48 @@ func TestPubSubRefused(t *testing.T) {
 		t.Fatalf("SSUBSCRIBE of an allowed channel = %q, %v", got, err)
 	}
 }
+
+// TestPubSubSunsubscribeAcrossShards: SUNSUBSCRIBE of channels on several shards, one of them
+// never subscribed and owned by a shard the client has no subscription on, answers every
+// channel in order with single-server counts and leaves subscribed mode.
+func TestPubSubSunsubscribeAcrossShards(t *testing.T) {
+	p := startProxy(t, nil)
+	ctx := ctxT(t)
+	// Three channels whose slots three different primaries own.
+	var names [3]string
+	owners := map[int]bool{}
+	for i, k := 0, 0; k < 3 && i < 1000; i++ {
+		name := fmt.Sprintf("ps:mix:{%d}", i)
+		_, owner := primaries(t, ctx, cluster.SlotOfString(name))
+		if !owners[owner] {
+			owners[owner] = true
+			names[k] = name
+			k++
+		}
+	}
+	if len(owners) < 3 {
+		t.Fatalf("no three channels on three different primaries found: owners %v", owners)
+	}
+	a, b, z := names[0], names[1], names[2]
+	conf := func(kind, ch string, n int) string {
+		return fmt.Sprintf("*3\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n:%d\r\n", len(kind), kind, len(ch), ch, n)
+	}
+	rc := dialRaw(t, p.Addr)
+	rc.send(encode("SSUBSCRIBE", a))
+	rc.send(encode("SSUBSCRIBE", b))
+	for i, want := range []string{conf("ssubscribe", a, 1), conf("ssubscribe", b, 2)} {
+		if got, err := rc.reply(); err != nil || got != want {
+			t.Fatalf("SSUBSCRIBE %d = %q, %v; want %q", i, got, err, want)
+		}
+	}
+	rc.send(encode("SUNSUBSCRIBE", a, z, b))
+	for _, want := range []string{conf("sunsubscribe", a, 1), conf("sunsubscribe", z, 1), conf("sunsubscribe", b, 0)} {
+		if got, err := rc.reply(); err != nil || got != want {
+			t.Fatalf("SUNSUBSCRIBE %s %s %s: reply %q, %v; want %q", a, z, b, got, err, want)
+		}
+	}
+	rc.send(encode("PING"))
+	if got, err := rc.reply(); err != nil || got != "+PONG\r\n" {
+		t.Fatalf("PING after the last SUNSUBSCRIBE = %q, %v; want +PONG (out of subscribed mode)", got, err)
+	}
+}

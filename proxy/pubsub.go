@@ -164,29 +164,71 @@ func (c *client) runPubSub() []byte {
 			}
 			break
 		}
-		// Each channel goes to the shard it lives on; channels never subscribed are
-		// answered by whichever connection is asked.
-		byConn := map[*cluster.Conn][][]byte{}
+		// A channel this client is not subscribed to is answered here, as Valkey answers it
+		// (with the current count): the shard that owns it may have no connection of ours,
+		// and another shard would answer MOVED. The others go to the connection to their
+		// slot's owner (else any, as the server may not have dropped them yet): a command
+		// per run of channels of one slot (the server refuses several slots in one), one at
+		// a time, as each is answered with either its confirmations or one error. Replies
+		// keep the order of the channels.
+		type group struct {
+			conn *cluster.Conn
+			slot uint16
+		}
+		var run [][]byte
+		var runG group
+		// flush sends the run; stop: the command ends with out (nil: the connection closes, as
+		// confirmations that never came leave nothing to say in order).
+		flush := func() (out []byte, stop bool) {
+			if len(run) == 0 {
+				return nil, false
+			}
+			chs := run
+			run = nil
+			if err := runG.conn.Write(appendRequest(nil, append([][]byte{[]byte("SUNSUBSCRIBE")}, chs...))); err != nil {
+				return redcon.AppendError(nil, errUpstream(err)), true
+			}
+			return nil, !c.waitAcks(len(chs))
+		}
 		for _, n := range names {
-			node := c.s.pool.NodeForSlot(cluster.SlotOf(n))
-			conn := ps.shards[node]
-			if conn == nil {
+			slot := cluster.SlotOf(n)
+			conn := ps.shards[c.s.pool.NodeForSlot(slot)]
+			ps.mu.Lock()
+			_, subscribed := ps.sharded[string(n)]
+			ps.mu.Unlock()
+			if conn == nil && subscribed {
 				for _, any := range ps.shards {
 					conn = any
 					break
 				}
 			}
-			if conn == nil {
-				return appendUnsubscribeNone(nil, s.name, names)
+			if g := (group{conn, slot}); conn != nil && subscribed && (len(run) == 0 || g == runG) {
+				runG = g
+				run = append(run, n)
+				continue
 			}
-			byConn[conn] = append(byConn[conn], n)
-		}
-		for conn, chs := range byConn {
-			if err := conn.Write(appendRequest(nil, append([][]byte{[]byte("SUNSUBSCRIBE")}, chs...))); err != nil {
-				return redcon.AppendError(nil, errUpstream(err))
+			if out, stop := flush(); stop {
+				return out
+			}
+			if conn != nil && subscribed {
+				runG = group{conn, slot}
+				run = append(run, n)
+				continue
+			}
+			ps.mu.Lock()
+			count := len(ps.sharded)
+			ps.mu.Unlock()
+			b := redcon.AppendArray(nil, 3)
+			b = redcon.AppendBulkString(b, s.name)
+			b = redcon.AppendBulk(b, n)
+			if !ps.write(redcon.AppendInt(b, int64(count))) {
+				return nil
 			}
 		}
-		return c.awaitAcks(expect)
+		if out, stop := flush(); stop {
+			return out
+		}
+		return c.endIfEmpty()
 	}
 	for _, conn := range targets {
 		if err := conn.Write(s.req); err != nil {
@@ -197,8 +239,16 @@ func (c *client) runPubSub() []byte {
 }
 
 // awaitAcks waits for n confirmations to be forwarded; the reply is already written, so it
-// returns an empty (non-nil) slice.
+// returns an empty (non-nil) slice (nil when they did not come).
 func (c *client) awaitAcks(n int) []byte {
+	if !c.waitAcks(n) {
+		return nil
+	}
+	return c.endIfEmpty()
+}
+
+// waitAcks waits for n confirmations of one command on one connection, or for its refusal.
+func (c *client) waitAcks(n int) bool {
 	timeout := time.NewTimer(10 * time.Second)
 	defer timeout.Stop()
 	for ; n > 0; n-- {
@@ -208,9 +258,15 @@ func (c *client) awaitAcks(n int) []byte {
 			n = 0
 		case <-timeout.C:
 			c.s.log.Warn("pubsub: confirmation timed out")
-			return nil
+			return false
 		}
 	}
+	return true
+}
+
+// endIfEmpty leaves subscribed mode when nothing is subscribed any more; the replies are
+// already written, so it returns an empty (non-nil) slice.
+func (c *client) endIfEmpty() []byte {
 	c.ps.mu.Lock()
 	empty := len(c.ps.channels)+len(c.ps.patterns)+len(c.ps.sharded) == 0
 	c.ps.mu.Unlock()
