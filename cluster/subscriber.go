@@ -238,7 +238,7 @@ func (s *Subscriber) readLoop(sc *subConn) {
 			}
 			if buf[r] == '-' {
 				// An SSUBSCRIBE refused: MOVED when the map was stale. Which one is not said.
-				s.refused(sc, isRedirect(buf[r:r+l]))
+				s.refused(buf[r : r+l])
 			}
 			elems, _ = ArrayElems(buf[r:r+l], elems[:0])
 			if len(elems) >= 3 {
@@ -319,25 +319,17 @@ func (s *Subscriber) unbound(sc *subConn, channel string) {
 	s.mu.Unlock()
 }
 
-// refused handles an error reply on sc: every subscription on it not yet confirmed is made
-// again by the repair loop (an SSUBSCRIBE repeated on the same connection is harmless), after
-// a re-read of the slot map when the error was a redirect.
-func (s *Subscriber) refused(sc *subConn, redirect bool) {
-	if redirect {
+// refused handles an error reply on sc, which does not say which command it answers. A
+// redirect (an SSUBSCRIBE sent on a stale map) asks for the map to be re-read: the repair loop
+// then moves the subscriptions whose slot has another owner, and the one refused with them.
+// Anything else (NOPERM: the proxy's user may not use the channels) is logged; waiters fall
+// back on their bounded re-checks.
+func (s *Subscriber) refused(reply []byte) {
+	if isRedirect(reply) {
 		s.pool.requestRefresh()
+		return
 	}
-	s.mu.Lock()
-	for _, sub := range s.channels {
-		if sub.on != sc {
-			continue
-		}
-		select {
-		case <-sub.ready:
-		default:
-			sub.on = nil
-		}
-	}
-	s.mu.Unlock()
+	s.pool.log.Warn("subscriber: release channel refused", zap.ByteString("reply", bytes.TrimSpace(reply)))
 }
 
 // repairLoop re-subscribes channels that lost their connection or whose slot moved.
