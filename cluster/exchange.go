@@ -353,15 +353,21 @@ func (p *Pool) askTarget(rd redirect, slot uint16) *Node {
 	return nil
 }
 
-// isMember reports whether CLUSTER NODES lists a primary at addr. A miss re-reads it, at most
-// once a second.
+// isMember reports whether CLUSTER NODES lists a primary at addr. A miss re-reads it, one
+// read at a time and at most every membersReread; a hit does not wait for a read.
 func (p *Pool) isMember(addr string) bool {
-	p.membersMu.Lock()
-	defer p.membersMu.Unlock()
-	if p.members[addr] {
+	if m := p.members.Load(); m != nil && (*m)[addr] {
 		return true
 	}
-	if p.standalone || time.Since(p.membersRead) < time.Second {
+	if p.standalone {
+		return false
+	}
+	p.membersMu.Lock()
+	defer p.membersMu.Unlock()
+	if m := p.members.Load(); m != nil && (*m)[addr] {
+		return true // read meanwhile
+	}
+	if time.Since(p.membersRead) < membersReread {
 		return false
 	}
 	p.membersRead = time.Now()
@@ -372,12 +378,18 @@ func (p *Pool) isMember(addr string) bool {
 		p.log.Debug("CLUSTER NODES", zap.Error(err))
 		return false
 	}
-	p.members = clusterNodesPrimaries(out)
-	return p.members[addr]
+	m := clusterNodesPrimaries(out)
+	p.members.Store(&m)
+	return m[addr]
 }
 
+// membersReread bounds how often a miss re-reads CLUSTER NODES.
+const membersReread = 250 * time.Millisecond
+
 // clusterNodesPrimaries returns the addresses of the healthy primaries in a CLUSTER NODES
-// reply: lines "<id> <host:port@cport[,hostname]> <flags> ...".
+// reply: lines "<id> <ip:port@cport[,hostname]> <flags> ...". A node with a hostname is listed
+// under both ip:port and hostname:port, as redirects name it by whichever endpoint type the
+// cluster prefers.
 func clusterNodesPrimaries(out string) map[string]bool {
 	m := map[string]bool{}
 	for _, line := range strings.Split(out, "\n") {
@@ -385,13 +397,19 @@ func clusterNodesPrimaries(out string) map[string]bool {
 		if len(f) < 3 {
 			continue
 		}
-		addr, _, _ := strings.Cut(f[1], "@")
+		addr, rest, _ := strings.Cut(f[1], "@")
 		flags := strings.Split(f[2], ",")
 		bad := slices.ContainsFunc(flags, func(f string) bool {
 			return f == "fail" || f == "fail?" || f == "handshake" || f == "noaddr"
 		})
-		if slices.Contains(flags, "master") && !bad && addr != "" && !strings.HasPrefix(addr, ":") {
-			m[addr] = true
+		if !slices.Contains(flags, "master") || bad || addr == "" || strings.HasPrefix(addr, ":") {
+			continue
+		}
+		m[addr] = true
+		if _, host, ok := strings.Cut(rest, ","); ok && host != "" {
+			if _, port, err := net.SplitHostPort(addr); err == nil {
+				m[net.JoinHostPort(host, port)] = true
+			}
 		}
 	}
 	return m

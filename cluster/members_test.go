@@ -9,7 +9,7 @@ import (
 func TestClusterNodesPrimaries(t *testing.T) {
 	out := "" +
 		"a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460\n" +
-		"b2 127.0.0.1:7002@17002,host-b master - 0 1 2 connected 5461-10922\n" +
+		"b2 127.0.0.1:7002@17002,host-b master - 0 1 2 connected 5461-10922\n" + // hostname too
 		"c3 127.0.0.1:7007@17007 master - 0 1 7 connected\n" + // slotless: a new shard
 		"d4 127.0.0.1:7004@17004 slave a1 0 1 1 connected\n" +
 		"e5 127.0.0.1:7005@17005 master,fail - 0 1 5 disconnected 10923-16383\n" +
@@ -18,7 +18,7 @@ func TestClusterNodesPrimaries(t *testing.T) {
 		"h8 127.0.0.1:7008@17008 handshake - 0 0 0 connected\n" +
 		"\n"
 	got := slices.Sorted(maps.Keys(clusterNodesPrimaries(out)))
-	want := []string{"127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7007"}
+	want := []string{"127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7007", "host-b:7002"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("clusterNodesPrimaries = %v; want %v", got, want)
 	}

@@ -64,9 +64,9 @@ type Pool struct {
 	lastSync time.Time
 
 	// members: addresses of the primaries CLUSTER NODES lists, slotless ones included (an ASK
-	// may name one), read at most once a second on a miss.
-	membersMu   sync.Mutex
-	members     map[string]bool
+	// may name one), re-read on a miss (isMember).
+	members     atomic.Pointer[map[string]bool]
+	membersMu   sync.Mutex // one read of CLUSTER NODES at a time
 	membersRead time.Time
 
 	mu    sync.Mutex
