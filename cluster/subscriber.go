@@ -30,10 +30,14 @@ type Subscriber struct {
 }
 
 type subscription struct {
-	slot  uint16
-	refs  int
-	on    *subConn      // nil until subscribed
-	ready chan struct{} // closed when the server confirmed the subscription
+	slot    uint16
+	refs    int
+	on      *subConn      // nil until subscribed
+	boundAt time.Time     // when the SSUBSCRIBE on on was sent
+	ready   chan struct{} // closed when the server confirmed the subscription
+	// again: confirmed before; a later confirmation (after a failed connection, a moved
+	// slot) wakes the channel's waiters, as a release may have gone unheard meanwhile.
+	again bool
 }
 
 type subConn struct {
@@ -198,7 +202,7 @@ func (s *Subscriber) bindLocked(channel string, sub *subscription) {
 		return
 	}
 	if s.writeLocked(sc, "SSUBSCRIBE", channel) {
-		sub.on = sc
+		sub.on, sub.boundAt = sc, time.Now()
 	}
 }
 
@@ -290,15 +294,20 @@ func (s *Subscriber) readLoop(sc *subConn) {
 }
 
 func (s *Subscriber) confirmed(sc *subConn, channel string) {
+	wake := false
 	s.mu.Lock()
 	if sub := s.channels[channel]; sub != nil && sub.on == sc {
 		select {
 		case <-sub.ready:
 		default:
 			close(sub.ready)
+			wake, sub.again = sub.again, true
 		}
 	}
 	s.mu.Unlock()
+	if wake {
+		s.onMessage([]byte(channel))
+	}
 }
 
 func (s *Subscriber) unbound(sc *subConn, channel string) {
@@ -357,6 +366,15 @@ func (s *Subscriber) repairLoop() {
 					s.writeLocked(sub.on, "SUNSUBSCRIBE", ch)
 					s.unbindLocked(sub)
 				}
+				if sub.on != nil && time.Since(sub.boundAt) > unconfirmedAfter {
+					select {
+					case <-sub.ready:
+					default:
+						// Never confirmed (refused, say, by a node that no longer owns the
+						// slot while the map still says it does): send it again.
+						sub.on = nil
+					}
+				}
 				if sub.on != nil {
 					continue
 				}
@@ -378,6 +396,9 @@ func (s *Subscriber) repairLoop() {
 		}
 	}
 }
+
+// unconfirmedAfter is how long a subscription may go unconfirmed before it is sent again.
+const unconfirmedAfter = 2 * time.Second
 
 // Close drops every subscription and connection.
 func (s *Subscriber) Close() {
