@@ -266,4 +266,52 @@ func TestPubSubSunsubscribeAcrossShards(t *testing.T) {
 	if got, err := rc.reply(); err != nil || got != "+PONG\r\n" {
 		t.Fatalf("PING after the last SUNSUBSCRIBE = %q, %v; want +PONG (out of subscribed mode)", got, err)
 	}
+
+	// SUNSUBSCRIBE without channels asks only the shards that hold some: one reply per
+	// channel held, then out of subscribed mode (a shard left without channels used to add a
+	// reply of its own).
+	rc.send(encode("SSUBSCRIBE", a) + encode("SSUBSCRIBE", b) + encode("SUNSUBSCRIBE", b) + encode("SUNSUBSCRIBE") + encode("PING"))
+	for _, want := range []string{conf("ssubscribe", a, 1), conf("ssubscribe", b, 2), conf("sunsubscribe", b, 1),
+		conf("sunsubscribe", a, 0), "+PONG\r\n"} {
+		if got, err := rc.reply(); err != nil || got != want {
+			t.Fatalf("SUNSUBSCRIBE without channels after a shard was left: reply %q, %v; want %q", got, err, want)
+		}
+	}
+}
+
+// TestPubSubSlotMovedPush: when a shard channel's slot moves, the server unsubscribes its
+// subscribers on its own; the proxy forwards that sunsubscribe and does not count it as the
+// confirmation of the client's next command, whose replies keep their order.
+func TestPubSubSlotMovedPush(t *testing.T) {
+	p := startProxy(t, nil)
+	ctx := ctxT(t)
+	ch, other := "ps:moved:{push}", "ps:moved:{stay}"
+	slot := cluster.SlotOfString(ch)
+	all, owner := primaries(t, ctx, slot)
+	if _, o2 := primaries(t, ctx, cluster.SlotOfString(other)); o2 == owner {
+		other = "ps:moved:{stay2}"
+	}
+	rc := dialRaw(t, p.Addr)
+	rc.send(encode("SSUBSCRIBE", ch))
+	if got, err := rc.reply(); err != nil || !strings.HasPrefix(got, "*3\r\n$10\r\nssubscribe\r\n") {
+		t.Fatalf("SSUBSCRIBE = %q, %v", got, err)
+	}
+	dst := all[(owner+1)%len(all)]
+	migrateSlot(t, ctx, all, slot, all[owner], dst)
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		migrateSlot(t, cctx, all, slot, dst, all[owner])
+	})
+	want := fmt.Sprintf("*3\r\n$12\r\nsunsubscribe\r\n$%d\r\n%s\r\n:0\r\n", len(ch), ch)
+	if got, err := rc.reply(); err != nil || got != want {
+		t.Fatalf("after the slot moved: %q, %v; want the server's %q", got, err, want)
+	}
+	rc.send(encode("SSUBSCRIBE", other) + encode("PING"))
+	for _, want := range []string{fmt.Sprintf("*3\r\n$10\r\nssubscribe\r\n$%d\r\n%s\r\n:1\r\n", len(other), other),
+		"*2\r\n$4\r\npong\r\n$0\r\n\r\n"} {
+		if got, err := rc.reply(); err != nil || got != want {
+			t.Fatalf("SSUBSCRIBE then PING after the push: reply %q, %v; want %q", got, err, want)
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tidwall/redcon"
+	"go.uber.org/zap"
 
 	"github.com/valkey-lock-proxy/valkey-lock-proxy/cluster"
 	"github.com/valkey-lock-proxy/valkey-lock-proxy/commands"
@@ -27,13 +28,20 @@ type pubsubState struct {
 	shards   map[*cluster.Node]*cluster.Conn
 	channels map[string]struct{}
 	patterns map[string]struct{}
-	sharded  map[string]struct{}
-	acks     chan struct{} // one per confirmation forwarded
-	// refused: one per (un)subscribe the server answered with an error, already written to
-	// the client as that command's reply; it ends the wait for confirmations.
-	refused chan struct{}
+	sharded  map[string]*cluster.Conn // shard channel -> the connection it is subscribed on
+	// pending: the (un)subscribe each connection is answering; the server's confirmations
+	// count towards it, and a sunsubscribe it pushes on its own (the slot moved) does not.
+	pending map[*cluster.Conn]*pendingSub
 	wg      sync.WaitGroup
 	closing atomic.Bool
+}
+
+// pendingSub is an (un)subscribe sent on one connection, waiting for its confirmations.
+type pendingSub struct {
+	kind  string         // the confirmations' kind: "subscribe", "sunsubscribe" ...
+	names map[string]int // confirmations still due per channel; nil: any left
+	left  int
+	done  chan struct{} // closed once every confirmation is written, or the refusal
 }
 
 func errSubscribedContext(name string) string {
@@ -97,18 +105,17 @@ func (c *client) planSubscribed(spec *commands.Spec, errText string, cmd *resp.C
 }
 
 // runPubSub sends a (P|S)(UN)SUBSCRIBE upstream and waits until its confirmations have been
-// forwarded, so that replies keep the order of the client's commands.
+// forwarded, so that replies keep the order of the client's commands. The reply is already
+// written when it returns an empty slice; nil closes the client's connection (confirmations
+// that never came leave nothing to say in order).
 func (c *client) runPubSub() []byte {
 	s := c.sync
 	if c.ps == nil {
 		c.ps = &pubsubState{c: c, shards: map[*cluster.Node]*cluster.Conn{}, channels: map[string]struct{}{},
-			patterns: map[string]struct{}{}, sharded: map[string]struct{}{}, acks: make(chan struct{}, 1024),
-			refused: make(chan struct{}, 64)}
+			patterns: map[string]struct{}{}, sharded: map[string]*cluster.Conn{}, pending: map[*cluster.Conn]*pendingSub{}}
 	}
 	ps := c.ps
 	names := s.args[1:]
-	var targets []*cluster.Conn
-	expect := len(names)
 	switch s.name {
 	case "subscribe", "psubscribe", "unsubscribe", "punsubscribe":
 		if ps.main == nil {
@@ -121,15 +128,20 @@ func (c *client) runPubSub() []byte {
 			}
 			ps.main = conn
 		}
-		targets = []*cluster.Conn{ps.main}
-		if len(names) == 0 {
+		n := len(names)
+		if n == 0 {
+			// Unsubscribing from all: a confirmation per channel (or pattern), or one with
+			// a nil name when there is none.
 			ps.mu.Lock()
 			if s.name == "unsubscribe" {
-				expect = max(len(ps.channels), 1)
+				n = max(len(ps.channels), 1)
 			} else {
-				expect = max(len(ps.patterns), 1)
+				n = max(len(ps.patterns), 1)
 			}
 			ps.mu.Unlock()
+		}
+		if out, stop := c.exchange(ps.main, s.name, s.req, names, n); stop {
+			return out
 		}
 	case "ssubscribe":
 		slot := cluster.SlotOf(names[0])
@@ -150,118 +162,126 @@ func (c *client) runPubSub() []byte {
 			}
 			ps.shards[node] = conn
 		}
-		targets = []*cluster.Conn{conn}
-	case "sunsubscribe":
-		if len(names) == 0 {
-			ps.mu.Lock()
-			expect = len(ps.sharded)
-			ps.mu.Unlock()
-			if expect == 0 {
-				return appendUnsubscribeNone(nil, s.name, nil)
-			}
-			for _, conn := range ps.shards {
-				targets = append(targets, conn)
-			}
-			break
-		}
-		// A channel this client is not subscribed to is answered here, as Valkey answers it
-		// (with the current count): the shard that owns it may have no connection of ours,
-		// and another shard would answer MOVED. The others go to the connection to their
-		// slot's owner (else any, as the server may not have dropped them yet): a command
-		// per run of channels of one slot (the server refuses several slots in one), one at
-		// a time, as each is answered with either its confirmations or one error. Replies
-		// keep the order of the channels.
-		type group struct {
-			conn *cluster.Conn
-			slot uint16
-		}
-		var run [][]byte
-		var runG group
-		// flush sends the run; stop: the command ends with out (nil: the connection closes, as
-		// confirmations that never came leave nothing to say in order).
-		flush := func() (out []byte, stop bool) {
-			if len(run) == 0 {
-				return nil, false
-			}
-			chs := run
-			run = nil
-			if err := runG.conn.Write(appendRequest(nil, append([][]byte{[]byte("SUNSUBSCRIBE")}, chs...))); err != nil {
-				return redcon.AppendError(nil, errUpstream(err)), true
-			}
-			return nil, !c.waitAcks(len(chs))
-		}
-		for _, n := range names {
-			slot := cluster.SlotOf(n)
-			conn := ps.shards[c.s.pool.NodeForSlot(slot)]
-			ps.mu.Lock()
-			_, subscribed := ps.sharded[string(n)]
-			ps.mu.Unlock()
-			if conn == nil && subscribed {
-				for _, any := range ps.shards {
-					conn = any
-					break
-				}
-			}
-			if g := (group{conn, slot}); conn != nil && subscribed && (len(run) == 0 || g == runG) {
-				runG = g
-				run = append(run, n)
-				continue
-			}
-			if out, stop := flush(); stop {
-				return out
-			}
-			if conn != nil && subscribed {
-				runG = group{conn, slot}
-				run = append(run, n)
-				continue
-			}
-			ps.mu.Lock()
-			count := len(ps.sharded)
-			ps.mu.Unlock()
-			b := redcon.AppendArray(nil, 3)
-			b = redcon.AppendBulkString(b, s.name)
-			b = redcon.AppendBulk(b, n)
-			if !ps.write(redcon.AppendInt(b, int64(count))) {
-				return nil
-			}
-		}
-		if out, stop := flush(); stop {
+		if out, stop := c.exchange(conn, s.name, s.req, names, len(names)); stop {
 			return out
 		}
-		return c.endIfEmpty()
-	}
-	for _, conn := range targets {
-		if err := conn.Write(s.req); err != nil {
-			return redcon.AppendError(nil, errUpstream(err))
+	case "sunsubscribe":
+		if out, stop := c.sunsubscribe(names); stop {
+			return out
 		}
-	}
-	return c.awaitAcks(expect)
-}
-
-// awaitAcks waits for n confirmations to be forwarded; the reply is already written, so it
-// returns an empty (non-nil) slice (nil when they did not come).
-func (c *client) awaitAcks(n int) []byte {
-	if !c.waitAcks(n) {
-		return nil
 	}
 	return c.endIfEmpty()
 }
 
-// waitAcks waits for n confirmations of one command on one connection, or for its refusal.
-func (c *client) waitAcks(n int) bool {
-	timeout := time.NewTimer(10 * time.Second)
-	defer timeout.Stop()
-	for ; n > 0; n-- {
-		select {
-		case <-c.ps.acks:
-		case <-c.ps.refused:
-			n = 0
-		case <-timeout.C:
-			c.s.log.Warn("pubsub: confirmation timed out")
-			return false
+// sunsubscribe leaves shard channels: each on the connection it was subscribed on, a command
+// per run of channels of one slot there (the server refuses several slots in one), one at a
+// time, as each is answered with either its confirmations or one error. A channel this client
+// is not subscribed to is answered here, as Valkey answers it (with the current count): its
+// owner may have no connection of ours, and another shard would answer MOVED. Replies keep
+// the order of the channels. Without channels, every connection holding some is asked.
+func (c *client) sunsubscribe(names [][]byte) (out []byte, stop bool) {
+	ps := c.ps
+	if len(names) == 0 {
+		ps.mu.Lock()
+		held := map[*cluster.Conn]int{}
+		var order []*cluster.Conn
+		for _, conn := range ps.sharded {
+			if held[conn] == 0 {
+				order = append(order, conn)
+			}
+			held[conn]++
+		}
+		ps.mu.Unlock()
+		if len(order) == 0 {
+			return appendUnsubscribeNone(nil, "sunsubscribe", nil), true
+		}
+		for _, conn := range order {
+			if out, stop := c.exchange(conn, "sunsubscribe", appendRequest(nil, [][]byte{[]byte("SUNSUBSCRIBE")}), nil, held[conn]); stop {
+				return out, true
+			}
+		}
+		return nil, false
+	}
+	type group struct {
+		conn *cluster.Conn
+		slot uint16
+	}
+	var run [][]byte
+	var runG group
+	flush := func() (out []byte, stop bool) {
+		if len(run) == 0 {
+			return nil, false
+		}
+		chs := run
+		run = nil
+		return c.exchange(runG.conn, "sunsubscribe", appendRequest(nil, append([][]byte{[]byte("SUNSUBSCRIBE")}, chs...)), chs, len(chs))
+	}
+	for _, n := range names {
+		ps.mu.Lock()
+		conn := ps.sharded[string(n)]
+		ps.mu.Unlock()
+		g := group{conn, cluster.SlotOf(n)}
+		if conn != nil && (len(run) == 0 || g == runG) {
+			runG = g
+			run = append(run, n)
+			continue
+		}
+		if out, stop := flush(); stop {
+			return out, true
+		}
+		if conn != nil {
+			runG = g
+			run = append(run, n)
+			continue
+		}
+		ps.mu.Lock()
+		count := len(ps.sharded) // after the run just flushed
+		ps.mu.Unlock()
+		b := redcon.AppendArray(nil, 3)
+		b = redcon.AppendBulkString(b, "sunsubscribe")
+		b = redcon.AppendBulk(b, n)
+		if !ps.write(redcon.AppendInt(b, int64(count))) {
+			return nil, true
 		}
 	}
-	return true
+	return flush()
+}
+
+// exchange sends req on conn and waits until its n confirmations (of kind; for names, when
+// given) or its refusal are written to the client. stop: the command ends with out.
+func (c *client) exchange(conn *cluster.Conn, kind string, req []byte, names [][]byte, n int) (out []byte, stop bool) {
+	ps := c.ps
+	p := &pendingSub{kind: kind, left: n, done: make(chan struct{})}
+	if len(names) > 0 {
+		p.names = make(map[string]int, len(names))
+		for _, name := range names {
+			p.names[string(name)]++
+		}
+	}
+	ps.mu.Lock()
+	ps.pending[conn] = p
+	ps.mu.Unlock()
+	drop := func() {
+		ps.mu.Lock()
+		if ps.pending[conn] == p {
+			delete(ps.pending, conn)
+		}
+		ps.mu.Unlock()
+	}
+	if err := conn.Write(req); err != nil {
+		drop()
+		return redcon.AppendError(nil, errUpstream(err)), true
+	}
+	timeout := time.NewTimer(10 * time.Second)
+	defer timeout.Stop()
+	select {
+	case <-p.done:
+		return nil, false
+	case <-timeout.C:
+		drop()
+		c.s.log.Warn("pubsub: confirmation timed out", zap.String("command", kind))
+		return nil, true
+	}
 }
 
 // endIfEmpty leaves subscribed mode when nothing is subscribed any more; the replies are
@@ -315,16 +335,21 @@ func (ps *pubsubState) forward(conn *cluster.Conn) {
 		if len(reply) > 0 && reply[0] == '-' {
 			// The server refused an (un)subscribe: NOPERM, or MOVED for a shard channel whose
 			// slot moved before the proxy's map did. The error is the command's reply.
+			ps.mu.Lock()
+			p := ps.pending[conn]
+			delete(ps.pending, conn)
+			ps.mu.Unlock()
 			if cluster.IsRedirect(reply) {
 				go ps.c.s.pool.RefreshNow()
 				reply = redcon.AppendError(nil, errChannelMoved)
 			}
-			if !ps.write(reply) {
-				return
+			if p == nil {
+				continue // no command of the client's asked for it
 			}
-			select {
-			case ps.refused <- struct{}{}:
-			default:
+			ok := ps.write(reply)
+			close(p.done)
+			if !ok {
+				return
 			}
 			continue
 		}
@@ -334,19 +359,23 @@ func (ps *pubsubState) forward(conn *cluster.Conn) {
 		}
 		kind := cluster.BulkValue(elems[0])
 		out := reply
-		confirm := false
+		var p *pendingSub
 		if !bytes.Equal(kind, kMessage) && !bytes.Equal(kind, kPMessage) && !bytes.Equal(kind, kSMessage) {
-			out = ps.confirmation(string(kind), cluster.BulkValue(elems[1]))
-			confirm = true
+			out, p = ps.confirmation(conn, string(kind), cluster.BulkValue(elems[1]))
 		}
-		if !ps.write(out) {
-			return
-		}
-		if confirm {
-			select {
-			case ps.acks <- struct{}{}:
-			default:
+		ok := ps.write(out)
+		if p != nil {
+			ps.mu.Lock()
+			if p.left--; p.left == 0 {
+				if ps.pending[conn] == p {
+					delete(ps.pending, conn)
+				}
+				close(p.done)
 			}
+			ps.mu.Unlock()
+		}
+		if !ok {
+			return
 		}
 	}
 }
@@ -367,11 +396,21 @@ func (ps *pubsubState) write(b []byte) bool {
 }
 
 // confirmation updates the client's subscription sets and re-encodes a (un)subscribe reply
-// with the count one server would give: channels + patterns, or shard channels.
-func (ps *pubsubState) confirmation(kind string, name []byte) []byte {
+// on conn with the count one server would give: channels + patterns, or shard channels. p is
+// the pending command it answers, nil for one the server sent on its own.
+func (ps *pubsubState) confirmation(conn *cluster.Conn, kind string, name []byte) (out []byte, p *pendingSub) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	key := string(name)
+	if q := ps.pending[conn]; q != nil && q.kind == kind && q.left > 0 {
+		switch {
+		case q.names == nil:
+			p = q
+		case q.names[key] > 0:
+			q.names[key]--
+			p = q
+		}
+	}
 	var count int
 	switch kind {
 	case "subscribe":
@@ -383,9 +422,11 @@ func (ps *pubsubState) confirmation(kind string, name []byte) []byte {
 	case "punsubscribe":
 		delete(ps.patterns, key)
 	case "ssubscribe":
-		ps.sharded[key] = struct{}{}
+		ps.sharded[key] = conn
 	case "sunsubscribe":
-		delete(ps.sharded, key)
+		if ps.sharded[key] == conn {
+			delete(ps.sharded, key)
+		}
 	}
 	if kind == "ssubscribe" || kind == "sunsubscribe" {
 		count = len(ps.sharded)
@@ -399,7 +440,7 @@ func (ps *pubsubState) confirmation(kind string, name []byte) []byte {
 	} else {
 		b = redcon.AppendBulk(b, name)
 	}
-	return redcon.AppendInt(b, int64(count))
+	return redcon.AppendInt(b, int64(count)), p
 }
 
 // endPubSub leaves subscribed mode: closing the upstream connections drops every server-side
