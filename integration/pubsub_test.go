@@ -249,6 +249,14 @@ func TestPubSubSunsubscribeAcrossShards(t *testing.T) {
 		return fmt.Sprintf("*3\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n:%d\r\n", len(kind), kind, len(ch), ch, n)
 	}
 	rc := dialRaw(t, p.Addr)
+	// A first SSUBSCRIBE refused (channels of two slots) leaves the client out of subscribed
+	// mode: its next command is an ordinary one.
+	rc.send(encode("SSUBSCRIBE", a, b) + encode("GET", "ps:mix:none"))
+	for _, want := range []string{"-CROSSSLOT Keys in request don't hash to the same slot\r\n", "$-1\r\n"} {
+		if got, err := rc.reply(); err != nil || got != want {
+			t.Fatalf("SSUBSCRIBE of two slots, then GET: reply %q, %v; want %q", got, err, want)
+		}
+	}
 	rc.send(encode("SSUBSCRIBE", a))
 	rc.send(encode("SSUBSCRIBE", b))
 	for i, want := range []string{conf("ssubscribe", a, 1), conf("ssubscribe", b, 2)} {

@@ -2,13 +2,15 @@ package proxy
 
 import (
 	"bytes"
+	"maps"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/tidwall/redcon"
-	"go.uber.org/zap"
 
 	"github.com/valkey-lock-proxy/valkey-lock-proxy/cluster"
 	"github.com/valkey-lock-proxy/valkey-lock-proxy/commands"
@@ -28,20 +30,24 @@ type pubsubState struct {
 	shards   map[*cluster.Node]*cluster.Conn
 	channels map[string]struct{}
 	patterns map[string]struct{}
-	sharded  map[string]*cluster.Conn // shard channel -> the connection it is subscribed on
-	// pending: the (un)subscribe each connection is answering; the server's confirmations
-	// count towards it, and a sunsubscribe it pushes on its own (the slot moved) does not.
-	pending map[*cluster.Conn]*pendingSub
-	wg      sync.WaitGroup
-	closing atomic.Bool
+	sharded  map[string]*cluster.Conn      // shard channel -> the connection it is subscribed on
+	pending  map[*cluster.Conn]*pendingSub // the (un)subscribe each connection is answering
+	seq      uint64                        // the last pendingSub token
+	wg       sync.WaitGroup
+	closing  atomic.Bool
 }
 
-// pendingSub is an (un)subscribe sent on one connection, waiting for its confirmations.
+// pendingSub is an (un)subscribe sent on one connection with "PING token" right behind it:
+// whatever the connection sends before that pong (the command's confirmations or its error,
+// and any unsubscription the server pushes on its own) is written to the client first, so the
+// pong ends the command, however many confirmations came.
 type pendingSub struct {
-	kind  string         // the confirmations' kind: "subscribe", "sunsubscribe" ...
-	names map[string]int // confirmations still due per channel; nil: any left
-	left  int
-	done  chan struct{} // closed once every confirmation is written, or the refusal
+	token []byte
+	// shardAll: a SUNSUBSCRIBE without channels; a confirmation without a channel (the
+	// connection held none any more) is not passed on, as the client asked all shards at once.
+	shardAll bool
+	failed   bool          // the connection or the client went away first
+	done     chan struct{} // closed at the pong, or on failure
 }
 
 func errSubscribedContext(name string) string {
@@ -107,15 +113,31 @@ func (c *client) planSubscribed(spec *commands.Spec, errText string, cmd *resp.C
 // runPubSub sends a (P|S)(UN)SUBSCRIBE upstream and waits until its confirmations have been
 // forwarded, so that replies keep the order of the client's commands. The reply is already
 // written when it returns an empty slice; nil closes the client's connection (confirmations
-// that never came leave nothing to say in order).
+// that never came leave nothing to say in order). Whatever the outcome, a client left with
+// nothing subscribed is out of subscribed mode, as with one server.
 func (c *client) runPubSub() []byte {
+	out := c.pubsubCommand()
+	if out != nil {
+		c.endIfEmpty()
+	}
+	return out
+}
+
+func (c *client) pubsubCommand() []byte {
 	s := c.sync
+	names := s.args[1:]
+	if s.name == "ssubscribe" {
+		for _, n := range names[1:] {
+			if cluster.SlotOf(n) != cluster.SlotOf(names[0]) {
+				return redcon.AppendError(nil, errCrossSlot)
+			}
+		}
+	}
 	if c.ps == nil {
 		c.ps = &pubsubState{c: c, shards: map[*cluster.Node]*cluster.Conn{}, channels: map[string]struct{}{},
 			patterns: map[string]struct{}{}, sharded: map[string]*cluster.Conn{}, pending: map[*cluster.Conn]*pendingSub{}}
 	}
 	ps := c.ps
-	names := s.args[1:]
 	switch s.name {
 	case "subscribe", "psubscribe", "unsubscribe", "punsubscribe":
 		if ps.main == nil {
@@ -128,29 +150,11 @@ func (c *client) runPubSub() []byte {
 			}
 			ps.main = conn
 		}
-		n := len(names)
-		if n == 0 {
-			// Unsubscribing from all: a confirmation per channel (or pattern), or one with
-			// a nil name when there is none.
-			ps.mu.Lock()
-			if s.name == "unsubscribe" {
-				n = max(len(ps.channels), 1)
-			} else {
-				n = max(len(ps.patterns), 1)
-			}
-			ps.mu.Unlock()
-		}
-		if out, stop := c.exchange(ps.main, s.name, s.req, names, n); stop {
+		if out, stop := c.exchange(ps.main, s.req, false); stop {
 			return out
 		}
 	case "ssubscribe":
-		slot := cluster.SlotOf(names[0])
-		for _, n := range names[1:] {
-			if cluster.SlotOf(n) != slot {
-				return redcon.AppendError(nil, errCrossSlot)
-			}
-		}
-		node := c.s.pool.NodeForSlot(slot)
+		node := c.s.pool.NodeForSlot(cluster.SlotOf(names[0]))
 		if node == nil {
 			return redcon.AppendError(nil, errNoSlot)
 		}
@@ -162,7 +166,7 @@ func (c *client) runPubSub() []byte {
 			}
 			ps.shards[node] = conn
 		}
-		if out, stop := c.exchange(conn, s.name, s.req, names, len(names)); stop {
+		if out, stop := c.exchange(conn, s.req, false); stop {
 			return out
 		}
 	case "sunsubscribe":
@@ -170,33 +174,32 @@ func (c *client) runPubSub() []byte {
 			return out
 		}
 	}
-	return c.endIfEmpty()
+	return []byte{}
 }
 
 // sunsubscribe leaves shard channels: each on the connection it was subscribed on, a command
 // per run of channels of one slot there (the server refuses several slots in one), one at a
-// time, as each is answered with either its confirmations or one error. A channel this client
-// is not subscribed to is answered here, as Valkey answers it (with the current count): its
-// owner may have no connection of ours, and another shard would answer MOVED. Replies keep
-// the order of the channels. Without channels, every connection holding some is asked.
+// time. A channel this client is not subscribed to is answered here, as Valkey answers it
+// (with the current count): its owner may have no connection of ours, and another shard would
+// answer MOVED. Replies keep the order of the channels. Without channels, every connection
+// that still holds some is asked.
 func (c *client) sunsubscribe(names [][]byte) (out []byte, stop bool) {
 	ps := c.ps
 	if len(names) == 0 {
 		ps.mu.Lock()
-		held := map[*cluster.Conn]int{}
 		var order []*cluster.Conn
 		for _, conn := range ps.sharded {
-			if held[conn] == 0 {
+			if !slices.Contains(order, conn) {
 				order = append(order, conn)
 			}
-			held[conn]++
 		}
 		ps.mu.Unlock()
 		if len(order) == 0 {
 			return appendUnsubscribeNone(nil, "sunsubscribe", nil), true
 		}
+		req := appendRequest(nil, [][]byte{[]byte("SUNSUBSCRIBE")})
 		for _, conn := range order {
-			if out, stop := c.exchange(conn, "sunsubscribe", appendRequest(nil, [][]byte{[]byte("SUNSUBSCRIBE")}), nil, held[conn]); stop {
+			if out, stop := c.exchange(conn, req, true); stop {
 				return out, true
 			}
 		}
@@ -214,7 +217,7 @@ func (c *client) sunsubscribe(names [][]byte) (out []byte, stop bool) {
 		}
 		chs := run
 		run = nil
-		return c.exchange(runG.conn, "sunsubscribe", appendRequest(nil, append([][]byte{[]byte("SUNSUBSCRIBE")}, chs...)), chs, len(chs))
+		return c.exchange(runG.conn, appendRequest(nil, append([][]byte{[]byte("SUNSUBSCRIBE")}, chs...)), false)
 	}
 	for _, n := range names {
 		ps.mu.Lock()
@@ -247,18 +250,17 @@ func (c *client) sunsubscribe(names [][]byte) (out []byte, stop bool) {
 	return flush()
 }
 
-// exchange sends req on conn and waits until its n confirmations (of kind; for names, when
-// given) or its refusal are written to the client. stop: the command ends with out.
-func (c *client) exchange(conn *cluster.Conn, kind string, req []byte, names [][]byte, n int) (out []byte, stop bool) {
+// exchange sends req on conn with a PING behind it and waits for that pong: by then every
+// reply to req is written to the client. stop: the command ends with out.
+func (c *client) exchange(conn *cluster.Conn, req []byte, shardAll bool) (out []byte, stop bool) {
 	ps := c.ps
-	p := &pendingSub{kind: kind, left: n, done: make(chan struct{})}
-	if len(names) > 0 {
-		p.names = make(map[string]int, len(names))
-		for _, name := range names {
-			p.names[string(name)]++
-		}
-	}
 	ps.mu.Lock()
+	if shardAll && !slices.Contains(slices.Collect(maps.Values(ps.sharded)), conn) {
+		ps.mu.Unlock()
+		return nil, false // its channels went meanwhile (the server moved their slots)
+	}
+	ps.seq++
+	p := &pendingSub{token: strconv.AppendUint([]byte("vlp-"), ps.seq, 10), shardAll: shardAll, done: make(chan struct{})}
 	ps.pending[conn] = p
 	ps.mu.Unlock()
 	drop := func() {
@@ -268,7 +270,7 @@ func (c *client) exchange(conn *cluster.Conn, kind string, req []byte, names [][
 		}
 		ps.mu.Unlock()
 	}
-	if err := conn.Write(req); err != nil {
+	if err := conn.Write(append(req, appendRequest(nil, [][]byte{[]byte("PING"), p.token})...)); err != nil {
 		drop()
 		return redcon.AppendError(nil, errUpstream(err)), true
 	}
@@ -276,17 +278,22 @@ func (c *client) exchange(conn *cluster.Conn, kind string, req []byte, names [][
 	defer timeout.Stop()
 	select {
 	case <-p.done:
+		if p.failed {
+			return nil, true
+		}
 		return nil, false
 	case <-timeout.C:
 		drop()
-		c.s.log.Warn("pubsub: confirmation timed out", zap.String("command", kind))
+		c.s.log.Warn("pubsub: confirmation timed out")
 		return nil, true
 	}
 }
 
-// endIfEmpty leaves subscribed mode when nothing is subscribed any more; the replies are
-// already written, so it returns an empty (non-nil) slice.
-func (c *client) endIfEmpty() []byte {
+// endIfEmpty leaves subscribed mode when nothing is subscribed any more.
+func (c *client) endIfEmpty() {
+	if c.ps == nil {
+		return
+	}
 	c.ps.mu.Lock()
 	empty := len(c.ps.channels)+len(c.ps.patterns)+len(c.ps.sharded) == 0
 	c.ps.mu.Unlock()
@@ -294,7 +301,6 @@ func (c *client) endIfEmpty() []byte {
 		// Out of subscribed mode: the upstream connections go.
 		c.endPubSub()
 	}
-	return []byte{}
 }
 
 // openSub opens a dedicated connection for subscriptions and starts its reader.
@@ -313,14 +319,18 @@ func (c *client) openSub(n *cluster.Node) (*cluster.Conn, error) {
 }
 
 var (
-	kMessage  = []byte("message")
-	kPMessage = []byte("pmessage")
-	kSMessage = []byte("smessage")
+	kMessage      = []byte("message")
+	kPMessage     = []byte("pmessage")
+	kSMessage     = []byte("smessage")
+	kSunsubscribe = []byte("sunsubscribe")
+	kPong         = []byte("pong")
 )
 
 // forward copies one upstream subscription connection to the client until it closes.
 func (ps *pubsubState) forward(conn *cluster.Conn) {
 	defer ps.wg.Done()
+	// Whatever ends the loop ends the command waiting on this connection too.
+	defer ps.finish(conn, nil, true)
 	var elems [][]byte
 	for {
 		reply, err := conn.Read()
@@ -335,49 +345,67 @@ func (ps *pubsubState) forward(conn *cluster.Conn) {
 		if len(reply) > 0 && reply[0] == '-' {
 			// The server refused an (un)subscribe: NOPERM, or MOVED for a shard channel whose
 			// slot moved before the proxy's map did. The error is the command's reply.
-			ps.mu.Lock()
-			p := ps.pending[conn]
-			delete(ps.pending, conn)
-			ps.mu.Unlock()
 			if cluster.IsRedirect(reply) {
 				go ps.c.s.pool.RefreshNow()
 				reply = redcon.AppendError(nil, errChannelMoved)
 			}
-			if p == nil {
+			if ps.pendingOn(conn) == nil {
 				continue // no command of the client's asked for it
 			}
-			ok := ps.write(reply)
-			close(p.done)
-			if !ok {
+			if !ps.write(reply) {
 				return
 			}
 			continue
 		}
+		if len(reply) > 0 && reply[0] == '$' {
+			// The pong of a connection no longer in subscribed mode (nothing left on it, or
+			// its subscribe refused) is a plain bulk string.
+			ps.finish(conn, cluster.BulkValue(reply), false)
+			continue
+		}
 		elems, _ = cluster.ArrayElems(reply, elems[:0])
+		if len(elems) == 2 && bytes.Equal(cluster.BulkValue(elems[0]), kPong) {
+			ps.finish(conn, cluster.BulkValue(elems[1]), false)
+			continue
+		}
 		if len(elems) < 3 {
 			continue
 		}
 		kind := cluster.BulkValue(elems[0])
 		out := reply
-		var p *pendingSub
 		if !bytes.Equal(kind, kMessage) && !bytes.Equal(kind, kPMessage) && !bytes.Equal(kind, kSMessage) {
-			out, p = ps.confirmation(conn, string(kind), cluster.BulkValue(elems[1]))
-		}
-		ok := ps.write(out)
-		if p != nil {
-			ps.mu.Lock()
-			if p.left--; p.left == 0 {
-				if ps.pending[conn] == p {
-					delete(ps.pending, conn)
+			name := cluster.BulkValue(elems[1])
+			if name == nil && bytes.Equal(kind, kSunsubscribe) {
+				if p := ps.pendingOn(conn); p != nil && p.shardAll {
+					continue // this shard held none any more; others answer for the client
 				}
-				close(p.done)
 			}
-			ps.mu.Unlock()
+			out = ps.confirmation(conn, string(kind), name)
 		}
-		if !ok {
+		if !ps.write(out) {
 			return
 		}
 	}
+}
+
+// pendingOn returns the command conn is answering, or nil.
+func (ps *pubsubState) pendingOn(conn *cluster.Conn) *pendingSub {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return ps.pending[conn]
+}
+
+// finish ends the command conn is answering: at its pong (token), or failed.
+func (ps *pubsubState) finish(conn *cluster.Conn, token []byte, failed bool) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	p := ps.pending[conn]
+	if p == nil || !failed && !bytes.Equal(p.token, token) {
+		return
+	}
+	delete(ps.pending, conn)
+	p.failed = failed
+	close(p.done)
 }
 
 // write sends b to the client; a subscriber that stopped reading is dropped rather than
@@ -396,21 +424,11 @@ func (ps *pubsubState) write(b []byte) bool {
 }
 
 // confirmation updates the client's subscription sets and re-encodes a (un)subscribe reply
-// on conn with the count one server would give: channels + patterns, or shard channels. p is
-// the pending command it answers, nil for one the server sent on its own.
-func (ps *pubsubState) confirmation(conn *cluster.Conn, kind string, name []byte) (out []byte, p *pendingSub) {
+// on conn with the count one server would give: channels + patterns, or shard channels.
+func (ps *pubsubState) confirmation(conn *cluster.Conn, kind string, name []byte) []byte {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	key := string(name)
-	if q := ps.pending[conn]; q != nil && q.kind == kind && q.left > 0 {
-		switch {
-		case q.names == nil:
-			p = q
-		case q.names[key] > 0:
-			q.names[key]--
-			p = q
-		}
-	}
 	var count int
 	switch kind {
 	case "subscribe":
@@ -440,7 +458,7 @@ func (ps *pubsubState) confirmation(conn *cluster.Conn, kind string, name []byte
 	} else {
 		b = redcon.AppendBulk(b, name)
 	}
-	return redcon.AppendInt(b, int64(count)), p
+	return redcon.AppendInt(b, int64(count))
 }
 
 // endPubSub leaves subscribed mode: closing the upstream connections drops every server-side
