@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/base32"
 	"errors"
@@ -336,7 +337,11 @@ func (c *client) planLockCommand(name string, args [][]byte) (barrier bool) {
 		if req.Fence {
 			fence = "1"
 		}
-		ls := lockStep{kind: lkLock, script: commands.ScriptLock, slot: slot, key: string(key), token: token, req: req,
+		script := commands.ScriptLock
+		if !req.Fence && req.Token == nil && req.Wait == 0 {
+			script = commands.ScriptLockNX
+		}
+		ls := lockStep{kind: lkLock, script: script, slot: slot, key: string(key), token: token, req: req,
 			ownToken: req.Token != nil,
 			keys:     [][]byte{key, commands.FenceKey(nil, m.opts.KeyPrefix, slot)},
 			args:     [][]byte{[]byte(token), strconv.AppendInt(nil, req.TTL.Milliseconds(), 10), []byte(fence)},
@@ -441,6 +446,16 @@ func (c *client) appendScriptCall(s *commands.Script, keys, args [][]byte) []byt
 // would run the script after commands the client pipelined behind it. The bodies are small
 // (comments are not sent) and Valkey caches them by hash.
 func appendScript(b []byte, s *commands.Script, keys, args [][]byte) []byte {
+	if s == commands.ScriptLockNX {
+		// keys and args are the lock script's: lock key, fence key; token, TTL, fence flag.
+		b = redcon.AppendArray(b, 6)
+		b = redcon.AppendBulkString(b, "SET")
+		b = redcon.AppendBulk(b, keys[0])
+		b = redcon.AppendBulk(b, args[0])
+		b = redcon.AppendBulkString(b, "NX")
+		b = redcon.AppendBulkString(b, "PX")
+		return redcon.AppendBulk(b, args[1])
+	}
 	b = redcon.AppendArray(b, 3+len(keys)+len(args))
 	b = redcon.AppendBulkString(b, "EVAL")
 	b = redcon.AppendBulkString(b, s.Body)
@@ -456,7 +471,11 @@ func appendScript(b []byte, s *commands.Script, keys, args [][]byte) []byte {
 
 var noScript = []byte("-NOSCRIPT")
 
-var unlockedReply = []byte(":1\r\n")
+var (
+	unlockedReply = []byte(":1\r\n")
+	okReply       = []byte("+OK\r\n")
+	nilReply      = []byte("$-1\r\n")
+)
 
 func isNoScript(r []byte) bool {
 	return len(r) >= len(noScript) && string(r[:len(noScript)]) == string(noScript)
@@ -532,8 +551,15 @@ func (c *client) appendLockReply(out []byte, ls *lockStep, reply []byte, acked i
 	return out, false, 0
 }
 
-// parseLockReply reads the lock script's {1, fence} or {0, pttl}.
+// parseLockReply reads the lock script's {1, fence} or {0, pttl}, or SET NX's OK or nil (no
+// fence, no TTL known).
 func parseLockReply(r []byte) (acquired bool, n int64, ok bool) {
+	switch {
+	case bytes.Equal(r, okReply):
+		return true, 0, true
+	case bytes.Equal(r, nilReply):
+		return false, -1, true
+	}
 	var buf [2][]byte
 	elems, good := cluster.ArrayElems(r, buf[:0])
 	if !good || len(elems) != 2 {
