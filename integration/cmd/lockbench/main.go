@@ -89,6 +89,7 @@ type config struct {
 	directWait    bool
 	sharedCell    bool
 	connCell      bool
+	nxCell        bool
 	opTimeout     time.Duration
 	out           string
 	profile       string
@@ -122,6 +123,8 @@ func parseFlags(argv []string) (config, error) {
 		"(auto-pipelined, as a Go app would use rueidis against a standalone server)")
 	fs.BoolVar(&c.connCell, "conn-cell", true, "also run the direct cell with a rueidis cluster client per goroutine "+
 		"(one connection per node each, no auto-pipelining across goroutines): the proxy cells' client shape without a proxy")
+	fs.BoolVar(&c.nxCell, "nx-cell", true, "also run the direct cell acquiring with SET NX PX instead of the lock script, "+
+		"as the proxy does for a LOCK without FENCE, TOKEN or WAIT (the release is the unlock script in both)")
 	fs.IntVar(&c.replicaWaitMS, "replica-timeout-ms", 200, "WAIT timeout of the direct+WAIT cell (the proxy's locks.replica-timeout default)")
 	fs.DurationVar(&c.opTimeout, "op-timeout", 15*time.Second, "bound on one command (above the contended WAIT of 10 s)")
 	fs.StringVar(&c.out, "out", "", "also write the markdown report to this file")
@@ -234,6 +237,10 @@ type directClient struct {
 	keyBuf       []byte
 	// own: the client is this directClient's alone (the per-client cell), closed with it.
 	own bool
+	// nx: acquire with SET key token NX PX ttl instead of the lock script, as the proxy does
+	// for a LOCK without FENCE, TOKEN or WAIT.
+	nx    bool
+	ttlMS int64
 }
 
 func (d *directClient) keys(res string) (lockKey, fenceKey string) {
@@ -265,6 +272,13 @@ func (d *directClient) lock(ctx context.Context, res string, waitMS int) (string
 	}
 	lk, fk := d.keys(res)
 	token := d.tokens.next()
+	if d.nx {
+		err := d.c.Do(ctx, d.c.B().Set().Key(lk).Value(token).Nx().PxMilliseconds(d.ttlMS).Build()).Error()
+		if rueidis.IsRedisNil(err) {
+			return token, false, nil
+		}
+		return token, err == nil, err
+	}
 	if d.waitReplicas == 0 {
 		ok, err := parseLockScript(d.lockLua.Exec(ctx, d.c, []string{lk, fk}, []string{token, d.ttl, "0"}))
 		return token, ok, err
@@ -422,6 +436,8 @@ const (
 	// cellDirectConn: the direct scripts, but every goroutine has a rueidis cluster client of
 	// its own (one connection per node): the proxy cells' client shape without the proxy.
 	cellDirectConn
+	// cellDirectNX: the shared direct client, acquiring with SET NX PX as the proxy does.
+	cellDirectNX
 )
 
 type cell struct {
@@ -441,8 +457,8 @@ type env struct {
 func (e *env) newClient(cl cell, i int) (lockClient, error) {
 	ttl := strconv.Itoa(e.c.ttlMS)
 	switch cl.kind {
-	case cellDirect, cellDirectWait, cellDirectConn:
-		d := &directClient{c: e.direct, prefix: e.c.keyPrefix, ttl: ttl, tokens: newTokenSource(e.run, i),
+	case cellDirect, cellDirectWait, cellDirectConn, cellDirectNX:
+		d := &directClient{c: e.direct, nx: cl.kind == cellDirectNX, ttlMS: int64(e.c.ttlMS), prefix: e.c.keyPrefix, ttl: ttl, tokens: newTokenSource(e.run, i),
 			lockLua: rueidis.NewLuaScript(commands.ScriptLock.Body), unlockLua: rueidis.NewLuaScript(commands.ScriptUnlock.Body)}
 		if cl.kind == cellDirectWait {
 			d.waitReplicas, d.waitMS = 1, e.c.replicaWaitMS
@@ -898,6 +914,9 @@ func run(ctx context.Context, argv []string) error {
 	if c.connCell {
 		cells = append(cells, cell{name: "direct per-client", kind: cellDirectConn})
 	}
+	if c.nxCell {
+		cells = append(cells, cell{name: "direct NX", kind: cellDirectNX})
+	}
 	cells = append(cells, cell{name: "proxy r0", kind: cellProxy0, px: px0}, cell{name: "proxy auto", kind: cellProxyAuto, px: pxAuto})
 	if c.sharedCell {
 		cells = append(cells, cell{name: "proxy r0 shared", kind: cellProxy0Shared, px: px0})
@@ -1066,7 +1085,8 @@ func buildReport(c config, argv []string, topo string, px *benchkit.Proxy, cells
 		c.proxyBin, benchkit.ProxyBuild(c.proxyBin), benchkit.ShellQuote(px.Args[2:])) // without --config FILE
 	w("- cluster: %s, seeds %s; shared with other users, so numbers are noisy\n", topo, c.upstream)
 	w("- lockbench: %s; direct client rueidis v1.0.79 cluster client (default options, DisableCache) shared by all goroutines; "+
-		"\"direct per-client\": the same, but one cluster client (a connection per node) per goroutine, as the proxy cells' clients have\n", runtime.Version())
+		"\"direct per-client\": the same, but one cluster client (a connection per node) per goroutine, as the proxy cells' clients have; "+
+		"\"direct NX\": the shared client acquiring with SET NX PX, as the proxy does for a plain LOCK\n", runtime.Version())
 	w("- proxy clients: %s\n", clientDesc)
 	w("- throughput cells: %d clients, %s each, %d rounds (order reversed every other round), resources drawn from %d, TTL %d ms; medians over rounds\n",
 		c.clients, c.duration, c.rounds, c.resources, c.ttlMS)
