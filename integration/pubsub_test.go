@@ -221,6 +221,21 @@ func TestPubSubRefused(t *testing.T) {
 	if got, err := rc.reply(); err != nil || got != "*3\r\n$10\r\nssubscribe\r\n$11\r\nallowed:{x}\r\n:1\r\n" {
 		t.Fatalf("SSUBSCRIBE of an allowed channel = %q, %v", got, err)
 	}
+	// The proxy follows each (un)subscribe with a PING of its own on that connection; a user
+	// that may not PING still gets its confirmations, and nothing else.
+	for _, a := range clusterAddrs {
+		c := redis.NewClient(&redis.Options{Addr: a, Protocol: 2})
+		if err := c.Do(ctx, "ACL", "SETUSER", user, "-ping").Err(); err != nil {
+			t.Fatalf("ACL SETUSER -ping on %s: %v", a, err)
+		}
+		_ = c.Close()
+	}
+	rc.send(encode("SUBSCRIBE", "allowed:plain") + encode("PING", "after"))
+	for _, want := range []string{"*3\r\n$9\r\nsubscribe\r\n$13\r\nallowed:plain\r\n:1\r\n", "*2\r\n$4\r\npong\r\n$5\r\nafter\r\n"} {
+		if got, err := rc.reply(); err != nil || got != want {
+			t.Fatalf("SUBSCRIBE with an upstream user that may not PING: reply %q, %v; want %q", got, err, want)
+		}
+	}
 }
 
 // TestPubSubSunsubscribeAcrossShards: SUNSUBSCRIBE of channels on several shards, one of them

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tidwall/redcon"
+	"go.uber.org/zap"
 
 	"github.com/valkey-lock-proxy/valkey-lock-proxy/cluster"
 	"github.com/valkey-lock-proxy/valkey-lock-proxy/commands"
@@ -48,6 +49,9 @@ type pendingSub struct {
 	shardAll bool
 	failed   bool          // the connection or the client went away first
 	done     chan struct{} // closed at the pong, or on failure
+	// answered: a confirmation or the error of the command was written; an error after
+	// that is the PING's (a user without +ping, a node still loading), which ends the command.
+	answered bool
 }
 
 func errSubscribedContext(name string) string {
@@ -349,8 +353,18 @@ func (ps *pubsubState) forward(conn *cluster.Conn) {
 				go ps.c.s.pool.RefreshNow()
 				reply = redcon.AppendError(nil, errChannelMoved)
 			}
-			if ps.pendingOn(conn) == nil {
+			p := ps.pendingOn(conn)
+			if p == nil {
 				continue // no command of the client's asked for it
+			}
+			ps.mu.Lock()
+			ping := p.answered
+			p.answered = true
+			ps.mu.Unlock()
+			if ping {
+				ps.c.s.log.Warn("pubsub: PING after an (un)subscribe refused", zap.ByteString("reply", bytes.TrimSpace(reply)))
+				ps.finish(conn, p.token, false)
+				continue
 			}
 			if !ps.write(reply) {
 				return
@@ -428,6 +442,9 @@ func (ps *pubsubState) write(b []byte) bool {
 func (ps *pubsubState) confirmation(conn *cluster.Conn, kind string, name []byte) []byte {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
+	if p := ps.pending[conn]; p != nil {
+		p.answered = true
+	}
 	key := string(name)
 	var count int
 	switch kind {
