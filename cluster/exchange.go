@@ -402,14 +402,13 @@ func clusterNodesPrimaries(out string) map[string]bool {
 		bad := slices.ContainsFunc(flags, func(f string) bool {
 			return f == "fail" || f == "fail?" || f == "handshake" || f == "noaddr"
 		})
-		if !slices.Contains(flags, "master") || bad || addr == "" || strings.HasPrefix(addr, ":") {
+		ip, port, err := net.SplitHostPort(addr)
+		if !slices.Contains(flags, "master") || bad || err != nil || ip == "" || port == "" {
 			continue
 		}
 		m[addr] = true
 		if _, host, ok := strings.Cut(rest, ","); ok && host != "" {
-			if _, port, err := net.SplitHostPort(addr); err == nil {
-				m[net.JoinHostPort(host, port)] = true
-			}
+			m[net.JoinHostPort(host, port)] = true
 		}
 	}
 	return m

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"maps"
+	"net"
 	"slices"
 	"testing"
 )
@@ -22,4 +23,19 @@ func TestClusterNodesPrimaries(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("clusterNodesPrimaries = %v; want %v", got, want)
 	}
+}
+
+// FuzzClusterNodesPrimaries: any CLUSTER NODES text parses without a panic, and every address
+// found has a port.
+func FuzzClusterNodesPrimaries(f *testing.F) {
+	f.Add("a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460\n")
+	f.Add("b2 127.0.0.1:7002@17002,host-b master - 0 1 2 connected\n")
+	f.Add("c3 :0@0 master,noaddr - 0 1 0 disconnected\nd4 [::1]:7004@17004,h master - 0 0 4 connected\n")
+	f.Fuzz(func(t *testing.T, out string) {
+		for addr := range clusterNodesPrimaries(out) {
+			if _, _, err := net.SplitHostPort(addr); err != nil {
+				t.Fatalf("address %q is not host:port: %v", addr, err)
+			}
+		}
+	})
 }
