@@ -284,6 +284,19 @@ func lkPrimaries(t testing.TB, ctx context.Context) []lkNode {
 }
 
 // lkDirect is a go-redis client to one cluster node.
+// lkPause stops the Valkey process pid (SIGSTOP) and returns the function that resumes it,
+// once however often it is called; the test's cleanup calls it too.
+func lkPause(t testing.TB, pid int, addr string) (resume func()) {
+	t.Helper()
+	var once sync.Once
+	resume = func() { once.Do(func() { _ = syscall.Kill(pid, syscall.SIGCONT) }) }
+	t.Cleanup(resume)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP %s (pid %d): %v", addr, pid, err)
+	}
+	return resume
+}
+
 func lkDirect(t testing.TB, addr string) *redis.Client {
 	t.Helper()
 	c := redis.NewClient(&redis.Options{Addr: addr, Protocol: 2, MaxRetries: -1, DialTimeout: 2 * time.Second,
@@ -1527,13 +1540,8 @@ func TestLockReplicaAck(t *testing.T) {
 	if err != nil || pid <= 1 {
 		t.Fatalf("replica %s: process_id %d, %v", replica.addr, pid, err)
 	}
-	var resume sync.Once
-	cont := func() { resume.Do(func() { _ = syscall.Kill(pid, syscall.SIGCONT) }) }
-	t.Cleanup(cont)
+	cont := lkPause(t, pid, replica.addr)
 	defer cont()
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		t.Fatalf("SIGSTOP replica %s (pid %d): %v", replica.addr, pid, err)
-	}
 	t0 := time.Now()
 	v, err := c.Do(ctx, "LOCK", r, "PX", 10000).Text()
 	d := time.Since(t0)
@@ -1583,12 +1591,7 @@ func TestLockReplicaAck(t *testing.T) {
 		waited <- err
 	}()
 	lkWaiters(t, ctx, c, r, 1)
-	var resume3 sync.Once
-	cont3 := func() { resume3.Do(func() { _ = syscall.Kill(pid, syscall.SIGCONT) }) }
-	t.Cleanup(cont3)
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		t.Fatalf("SIGSTOP replica %s (pid %d): %v", replica.addr, pid, err)
-	}
+	cont3 := lkPause(t, pid, replica.addr)
 	lkUnlock(t, ctx, c, r, hold)
 	var waitErr error
 	select {
@@ -1606,12 +1609,7 @@ func TestLockReplicaAck(t *testing.T) {
 
 	// (c) A client that is gone before the acknowledgement is counted still has its
 	// unacknowledged lock released.
-	var resume2 sync.Once
-	cont2 := func() { resume2.Do(func() { _ = syscall.Kill(pid, syscall.SIGCONT) }) }
-	t.Cleanup(cont2)
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		t.Fatalf("SIGSTOP replica %s (pid %d): %v", replica.addr, pid, err)
-	}
+	cont2 := lkPause(t, pid, replica.addr)
 	gone := dialRaw(t, p.Addr)
 	gone.send(encode("LOCK", r, "PX", "10000"))
 	_ = gone.c.Close()
@@ -1637,15 +1635,9 @@ func TestLockReplicaRejoin(t *testing.T) {
 	if err != nil || pid <= 1 {
 		t.Fatalf("replica %s: process_id %d, %v", replica.addr, pid, err)
 	}
-	var resume sync.Once
-	cont := func() { resume.Do(func() { _ = syscall.Kill(pid, syscall.SIGCONT) }) }
-	t.Cleanup(func() {
-		cont()
-		lkLinkUp(t, context.Background(), replica.addr, time.Minute)
-	})
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		t.Fatalf("SIGSTOP replica %s (pid %d): %v", replica.addr, pid, err)
-	}
+	// (Cleanups run last first: the link is waited for after the replica is resumed.)
+	t.Cleanup(func() { lkLinkUp(t, context.Background(), replica.addr, time.Minute) })
+	cont := lkPause(t, pid, replica.addr)
 	// Until the cluster marks it failed, CLUSTER SLOTS still lists it.
 	lkUntil(t, 60*time.Second, 200*time.Millisecond, "CLUSTER SLOTS without the paused replica", func() bool {
 		return !lkSlotsListReplica(ctx, slot, replica.addr, false)

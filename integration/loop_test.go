@@ -6,8 +6,6 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -172,12 +170,7 @@ func TestStalledUpstream(t *testing.T) {
 			if got, err := rc.reply(); got != "+OK\r\n" {
 				t.Fatalf("SET = %q, %v", got, err)
 			}
-			var resume sync.Once
-			cont := func() { resume.Do(func() { _ = syscall.Kill(pid, syscall.SIGCONT) }) }
-			if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-				t.Fatalf("SIGSTOP %d: %v", pid, err)
-			}
-			t.Cleanup(cont)
+			cont := lkPause(t, pid, standaloneAddr)
 			start := time.Now()
 			rc.send(encode("GET", "stall:k"))
 			got, err := rc.reply()
