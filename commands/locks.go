@@ -51,11 +51,6 @@ var (
 	ScriptRenew   = newScript("renew", renewLua)
 	ScriptInfo    = newScript("info", infoLua)
 	ScriptSafeSet = newScript("safeset", safesetLua)
-	// LockNX is no script: a LOCK without FENCE, TOKEN or WAIT needs none of the lock
-	// script's branches (its token is new, so never the holder's; no fence; no holder's TTL
-	// to sleep on), and SET key token NX PX ttl is as atomic, at a fraction of a script's cost
-	// in Valkey. Its reply is OK (taken) or nil (held).
-	ScriptLockNX = &Script{Name: "lock-nx"}
 	// Scripts lists them all, for loading on every primary.
 	Scripts = []*Script{ScriptLock, ScriptUnlock, ScriptRenew, ScriptInfo, ScriptSafeSet}
 )

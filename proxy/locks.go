@@ -309,6 +309,8 @@ type lockStep struct {
 	// ownToken: a LOCK with the client's own token (TOKEN), which the proxy never gives back
 	// (req.Token itself is cleared once the request's buffer is gone).
 	ownToken bool
+	// nx: a LOCK without FENCE, TOKEN or WAIT, sent as SET key token NX PX ttl (appendCall).
+	nx bool
 }
 
 // planLockCommand parses a lock command and plans its script call. It reports whether the
@@ -337,15 +339,11 @@ func (c *client) planLockCommand(name string, args [][]byte) (barrier bool) {
 		if req.Fence {
 			fence = "1"
 		}
-		script := commands.ScriptLock
-		if !req.Fence && req.Token == nil && req.Wait == 0 {
-			script = commands.ScriptLockNX
-		}
-		ls := lockStep{kind: lkLock, script: script, slot: slot, key: string(key), token: token, req: req,
-			ownToken: req.Token != nil,
-			keys:     [][]byte{key, commands.FenceKey(nil, m.opts.KeyPrefix, slot)},
-			args:     [][]byte{[]byte(token), strconv.AppendInt(nil, req.TTL.Milliseconds(), 10), []byte(fence)},
-			acks:     m.replicasFor(c.s.pool, slot)}
+		ls := lockStep{kind: lkLock, script: commands.ScriptLock, slot: slot, key: string(key), token: token, req: req,
+			ownToken: req.Token != nil, nx: !req.Fence && req.Token == nil && req.Wait == 0,
+			keys: [][]byte{key, commands.FenceKey(nil, m.opts.KeyPrefix, slot)},
+			args: [][]byte{[]byte(token), strconv.AppendInt(nil, req.TTL.Milliseconds(), 10), []byte(fence)},
+			acks: m.replicasFor(c.s.pool, slot)}
 		if req.Wait > 0 && req.Token == nil && m.waiters(ls.key) > 0 {
 			// Clients of this proxy already wait for it: queue behind them, first come first
 			// served, instead of racing them for the next release. Not with TOKEN: that may
@@ -424,8 +422,9 @@ func (c *client) pendingToken(key string) (string, bool) {
 }
 
 func (c *client) addLockStep(ls lockStep) {
-	req := c.appendScriptCall(ls.script, ls.keys, ls.args)
-	ls.call = c.ex.Add(req, ls.slot)
+	start := len(c.scratch)
+	c.scratch = ls.appendCall(c.scratch)
+	ls.call = c.ex.Add(c.scratch[start:len(c.scratch):len(c.scratch)], ls.slot)
 	if ls.kind == lkLock && ls.acks > 0 {
 		c.ex.Calls[ls.call].Acks = ls.acks
 	}
@@ -434,11 +433,21 @@ func (c *client) addLockStep(ls lockStep) {
 	c.lk.steps = append(c.lk.steps, ls)
 }
 
-// appendScriptCall encodes the EVAL of script into scratch and returns the request.
-func (c *client) appendScriptCall(s *commands.Script, keys, args [][]byte) []byte {
-	start := len(c.scratch)
-	c.scratch = appendScript(c.scratch, s, keys, args)
-	return c.scratch[start:len(c.scratch):len(c.scratch)]
+// appendCall encodes the lock step's call: EVAL of its script, or for nx the SET NX that takes
+// a new token's lock as atomically at a fraction of a script's cost in Valkey (its token is
+// new, so never the holder's; no fence; no holder's TTL to sleep on). Its reply is OK or nil.
+func (ls *lockStep) appendCall(b []byte) []byte {
+	if !ls.nx {
+		return appendScript(b, ls.script, ls.keys, ls.args)
+	}
+	// keys and args are the lock script's: lock key, fence key; token, TTL, fence flag.
+	b = redcon.AppendArray(b, 6)
+	b = redcon.AppendBulkString(b, "SET")
+	b = redcon.AppendBulk(b, ls.keys[0])
+	b = redcon.AppendBulk(b, ls.args[0])
+	b = redcon.AppendBulkString(b, "NX")
+	b = redcon.AppendBulkString(b, "PX")
+	return redcon.AppendBulk(b, ls.args[1])
 }
 
 // appendScript encodes EVAL of a lock script. Always EVAL, never EVALSHA: a node that lost its
@@ -446,16 +455,6 @@ func (c *client) appendScriptCall(s *commands.Script, keys, args [][]byte) []byt
 // would run the script after commands the client pipelined behind it. The bodies are small
 // (comments are not sent) and Valkey caches them by hash.
 func appendScript(b []byte, s *commands.Script, keys, args [][]byte) []byte {
-	if s == commands.ScriptLockNX {
-		// keys and args are the lock script's: lock key, fence key; token, TTL, fence flag.
-		b = redcon.AppendArray(b, 6)
-		b = redcon.AppendBulkString(b, "SET")
-		b = redcon.AppendBulk(b, keys[0])
-		b = redcon.AppendBulk(b, args[0])
-		b = redcon.AppendBulkString(b, "NX")
-		b = redcon.AppendBulkString(b, "PX")
-		return redcon.AppendBulk(b, args[1])
-	}
 	b = redcon.AppendArray(b, 3+len(keys)+len(args))
 	b = redcon.AppendBulkString(b, "EVAL")
 	b = redcon.AppendBulkString(b, s.Body)
@@ -676,7 +675,7 @@ func (c *client) waitForLock(ls *lockStep, pttl int64, started time.Time) []byte
 		if attempt && m.isHead(ls.key, w) {
 			ex := c.lk.waitEx
 			ex.Reset()
-			i := ex.Add(appendScript(nil, ls.script, ls.keys, ls.args), ls.slot)
+			i := ex.Add(ls.appendCall(nil), ls.slot)
 			ex.Calls[i].Acks = ls.acks
 			c.s.pool.Do(ex)
 			call := &ex.Calls[i]

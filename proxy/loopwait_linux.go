@@ -122,7 +122,7 @@ func (l *loop) startWait(c *lclient, seq uint64, ls *lockStep, pttl int64) {
 	m := l.s.locks
 	lw := &loopWait{l: l, c: c, ls: *ls, seq: seq, pttl: pttl, hidx: -1}
 	lw.ls.req.Resource, lw.ls.req.Token = nil, nil // they point into the parser's buffer
-	lw.req = appendScript(nil, lw.ls.script, lw.ls.keys, lw.ls.args)
+	lw.req = lw.ls.appendCall(nil)
 	lw.deadline = int64(c.lockSent.Sub(monoBase)) + int64(lw.ls.req.Wait)
 	lw.w = &waiter{owner: lw, onWake: func(attempt bool) {
 		l.post(func() {

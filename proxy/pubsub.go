@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -228,13 +227,10 @@ func (c *client) sunsubscribe(names [][]byte) (out []byte, stop bool) {
 		conn := ps.sharded[string(n)]
 		ps.mu.Unlock()
 		g := group{conn, cluster.SlotOf(n)}
-		if conn != nil && (len(run) == 0 || g == runG) {
-			runG = g
-			run = append(run, n)
-			continue
-		}
-		if out, stop := flush(); stop {
-			return out, true
+		if len(run) > 0 && (conn == nil || g != runG) {
+			if out, stop := flush(); stop {
+				return out, true
+			}
 		}
 		if conn != nil {
 			runG = g
@@ -259,7 +255,7 @@ func (c *client) sunsubscribe(names [][]byte) (out []byte, stop bool) {
 func (c *client) exchange(conn *cluster.Conn, req []byte, shardAll bool) (out []byte, stop bool) {
 	ps := c.ps
 	ps.mu.Lock()
-	if shardAll && !slices.Contains(slices.Collect(maps.Values(ps.sharded)), conn) {
+	if shardAll && !holds(ps.sharded, conn) {
 		ps.mu.Unlock()
 		return nil, false // its channels went meanwhile (the server moved their slots)
 	}
@@ -291,6 +287,16 @@ func (c *client) exchange(conn *cluster.Conn, req []byte, shardAll bool) (out []
 		c.s.log.Warn("pubsub: confirmation timed out")
 		return nil, true
 	}
+}
+
+// holds reports whether conn holds any of the shard channels.
+func holds(sharded map[string]*cluster.Conn, conn *cluster.Conn) bool {
+	for _, c := range sharded {
+		if c == conn {
+			return true
+		}
+	}
+	return false
 }
 
 // endIfEmpty leaves subscribed mode when nothing is subscribed any more.
@@ -353,14 +359,10 @@ func (ps *pubsubState) forward(conn *cluster.Conn) {
 				go ps.c.s.pool.RefreshNow()
 				reply = redcon.AppendError(nil, errChannelMoved)
 			}
-			p := ps.pendingOn(conn)
+			p, ping := ps.answering(conn)
 			if p == nil {
 				continue // no command of the client's asked for it
 			}
-			ps.mu.Lock()
-			ping := p.answered
-			p.answered = true
-			ps.mu.Unlock()
 			if ping {
 				ps.c.s.log.Warn("pubsub: PING after an (un)subscribe refused", zap.ByteString("reply", bytes.TrimSpace(reply)))
 				ps.finish(conn, p.token, false)
@@ -407,6 +409,17 @@ func (ps *pubsubState) pendingOn(conn *cluster.Conn) *pendingSub {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	return ps.pending[conn]
+}
+
+// answering marks the command conn is answering as answered and reports whether it already
+// was (an error then is its PING's); p is nil when no command is pending.
+func (ps *pubsubState) answering(conn *cluster.Conn) (p *pendingSub, already bool) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if p = ps.pending[conn]; p != nil {
+		already, p.answered = p.answered, true
+	}
+	return p, already
 }
 
 // finish ends the command conn is answering: at its pong (token), or failed.
